@@ -1,0 +1,1 @@
+"""Shared code of the pipeline: configuration, datasets, models, tracking, atomic IO, figures."""

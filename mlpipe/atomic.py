@@ -1,0 +1,60 @@
+"""Outputs that appear complete or not at all.
+
+Each writer fills a sibling temporary path that keeps the real suffix (Keras and NumPy look at
+it), flushes it to disk, then renames it over the final name with `os.replace`. A crash, a
+signal or a full disk leaves at worst a hidden temp file, which is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+
+def temp_sibling(final: Path) -> Path:
+    """A hidden path beside `final`, unique to this process, with the same suffix."""
+    return final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success it replaces `final`, on failure it is removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(final)
+    try:
+        yield temp
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON with sorted keys, two-space indent and a trailing newline, so diffs stay stable."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as temp:
+        frame.to_csv(temp, index=False)
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    import numpy as np
+
+    with atomic_path(path) as temp:
+        np.savez(temp, **arrays)

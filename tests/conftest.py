@@ -1,0 +1,117 @@
+"""Shared fixtures: an isolated environment, a scratch workspace, a way to run stages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MIRROR = REPO.parent / "shared" / "data"
+HAS_MIRROR = (MIRROR / "mnist.npz").is_file()
+needs_mirror = pytest.mark.skipif(
+    not HAS_MIRROR, reason=f"real MNIST mirror not found at {MIRROR} (../shared/data)"
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees the user's Keras cache, data mirror, tracking server or DVC experiment."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+    for name in (
+        "DATA_MIRROR",
+        "MLFLOW_TRACKING_URI",
+        "DVC_ROOT",
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("mlpipe.download.BACKOFF_S", 0.01)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A folder laid out like the repository root, with the default params.yaml."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_MIRROR", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = str(REPO)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.update(extra)
+    return env
+
+
+def run_stage(
+    workspace: Path, name: str, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m stages.<name>` in `workspace` as DVC would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"],
+        cwd=workspace,
+        env=stage_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file below `folder`, hidden temp files included, relative and sorted."""
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def project_copy(destination: Path) -> Path:
+    """A fresh git repository holding the project's files, as a clone of main would.
+
+    Files git would track (committed or not yet) are copied; ignored ones (data, models,
+    the virtual environment, mlflow.db) are not.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=destination, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=destination, check=True)
+    return destination
+
+
+def dvc(
+    workspace: Path, *args: str, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the DVC command line in `workspace`, with this interpreter's tools on PATH."""
+    environment = stage_env(**env)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    environment["GIT_AUTHOR_NAME"] = environment["GIT_COMMITTER_NAME"] = "test"
+    environment["GIT_AUTHOR_EMAIL"] = environment["GIT_COMMITTER_EMAIL"] = "test@example.com"
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=workspace,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

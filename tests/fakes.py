@@ -1,0 +1,162 @@
+"""Tiny datasets in the real on-disk formats, and a local HTTP server to serve them."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from mlpipe.datasets import (
+    CIFAR10,
+    FASHION_MNIST,
+    MANIFEST,
+    MNIST,
+    DatasetSpec,
+    content_md5,
+    idx_encode,
+    manifest_text,
+)
+
+
+def tiny_arrays(
+    shape: tuple[int, ...], n_train: int = 40, n_test: int = 20, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random uint8 images with every class present in both splits."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_mnist(folder: Path, arrays: dict[str, np.ndarray] | None = None) -> DatasetSpec:
+    """Write a Keras-style mnist.npz; return a spec whose pinned hashes are this file's."""
+    arrays = arrays or tiny_arrays((28, 28))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mnist.npz"
+    np.savez_compressed(path, **arrays)
+    remote = replace(MNIST.files[0], sha256=_sha256(path))
+    return replace(MNIST, files=(remote,), content_md5=content_md5(arrays))
+
+
+def write_fashion(folder: Path, arrays: dict[str, np.ndarray] | None = None) -> DatasetSpec:
+    arrays = arrays or tiny_arrays((28, 28))
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {
+        "train-labels-idx1-ubyte.gz": "y_train",
+        "train-images-idx3-ubyte.gz": "x_train",
+        "t10k-labels-idx1-ubyte.gz": "y_test",
+        "t10k-images-idx3-ubyte.gz": "x_test",
+    }
+    remotes = []
+    for remote in FASHION_MNIST.files:
+        path = folder / remote.name
+        path.write_bytes(gzip.compress(idx_encode(arrays[names[remote.name]])))
+        remotes.append(replace(remote, sha256=_sha256(path)))
+    return replace(FASHION_MNIST, files=tuple(remotes))
+
+
+def write_cifar(folder: Path, arrays: dict[str, np.ndarray] | None = None) -> DatasetSpec:
+    """A CIFAR-10 python tar.gz with five training batches and a test batch."""
+    arrays = arrays or tiny_arrays((32, 32, 3), n_train=50)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CIFAR10.files[0].name
+
+    def batch(x: np.ndarray, y: np.ndarray) -> bytes:
+        flat = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+        return pickle.dumps({b"data": flat, b"labels": [int(v) for v in y]})
+
+    with tarfile.open(path, "w:gz") as archive:
+        parts = np.array_split(np.arange(len(arrays["x_train"])), 5)
+        members = [
+            (f"data_batch_{i + 1}", batch(arrays["x_train"][idx], arrays["y_train"][idx]))
+            for i, idx in enumerate(parts)
+        ]
+        members.append(("test_batch", batch(arrays["x_test"], arrays["y_test"])))
+        for name, data in members:
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    remote = replace(CIFAR10.files[0], sha256=_sha256(path))
+    return replace(CIFAR10, files=(remote,))
+
+
+WRITERS: dict[str, Callable[[Path], DatasetSpec]] = {
+    "mnist": write_mnist,
+    "fashion_mnist": write_fashion,
+    "cifar10": write_cifar,
+}
+
+
+def write_raw(folder: Path, name: str) -> DatasetSpec:
+    """A dataset as the download stage leaves it: its files and their verified manifest."""
+    spec = WRITERS[name](folder)
+    (folder / MANIFEST).write_text(manifest_text(folder, [f.name for f in spec.files]))
+    return spec
+
+
+class FileServer:
+    """Serves files from a folder on 127.0.0.1, with scripted faults per file name.
+
+    `faults[name]` is a list consumed one request at a time: an HTTP status to answer with,
+    or "truncate" to send half the body under a full Content-Length.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.faults: dict[str, list[int | str]] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.rsplit("/", 1)[-1]
+                server.requests.append(name)
+                pending = server.faults.get(name) or []
+                fault = pending.pop(0) if pending else None
+                path = server.folder / name
+                if isinstance(fault, int):
+                    self.send_response(fault)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if fault == "truncate" else data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
+    @contextmanager
+    def running(self) -> Iterator[FileServer]:
+        thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.httpd.shutdown()
+            self.httpd.server_close()

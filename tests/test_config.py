@@ -1,0 +1,198 @@
+"""params.yaml validation, and its agreement with dvc.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlpipe.config import STAGE_PARAMS, Params, flatten, load_params, parse_params
+from mlpipe.errors import ConfigError
+from tests.conftest import REPO, error_lines, files_under, run_stage
+
+
+def default_raw() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def with_value(key: str, value: Any) -> dict[str, Any]:
+    raw = default_raw()
+    section, leaf = key.split(".")
+    raw[section][leaf] = value
+    return raw
+
+
+def without(key: str) -> dict[str, Any]:
+    raw = default_raw()
+    section, _, leaf = key.partition(".")
+    if leaf:
+        del raw[section][leaf]
+    else:
+        del raw[section]
+    return raw
+
+
+def test_defaults_are_the_tutorial() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.base.dataset == "mnist"
+    assert params.model.type == "mlp"
+    assert params.model.hidden_units == [784, 32]
+    assert params.model.activation == "relu"
+    assert params.train.optimizer == "sgd"
+    assert params.train.learning_rate == 0.01
+    assert params.train.momentum == 0.0
+    assert params.train.batch_size == 500
+    assert params.train.epochs == 20
+    assert params.preprocess.validation_split == 0.1
+    assert params.preprocess.train_fraction == 1.0
+    assert params.registered_model_name == "keras-tutorial-mnist"
+
+
+BAD = [
+    (
+        with_value("train.epochs", -1),
+        "params.yaml: train.epochs must be a positive integer (got -1)",
+    ),
+    (with_value("train.epochs", 0), "train.epochs must be a positive integer (got 0)"),
+    (with_value("train.epochs", "20"), "train.epochs must be a positive integer (got '20')"),
+    (with_value("train.epochs", 2.5), "train.epochs must be a positive integer (got 2.5)"),
+    (with_value("train.epochs", True), "train.epochs must be a positive integer (got true)"),
+    (
+        with_value("train.batch_size", None),
+        "train.batch_size must be a positive integer (got null)",
+    ),
+    (with_value("train.learning_rate", 0), "train.learning_rate must be a number greater than 0"),
+    (
+        with_value("train.optimizer", "adamw"),
+        "train.optimizer must be one of sgd, adam, rmsprop (got 'adamw')",
+    ),
+    (with_value("train.loss", "mse"), "train.loss must be one of categorical_crossentropy"),
+    (
+        default_raw() | {"train": default_raw()["train"] | {"momentum": 0.9, "optimizer": "adam"}},
+        "train.momentum applies only to train.optimizer sgd (got momentum 0.9 with optimizer adam)",
+    ),
+    (
+        with_value("base.dataset", "svhn"),
+        "base.dataset must be one of mnist, fashion_mnist, cifar10 (got 'svhn')",
+    ),
+    (with_value("base.seed", -3), "base.seed must be an integer from 0 to 4294967295 (got -3)"),
+    (with_value("model.activation", "swish"), "model.activation must be one of relu"),
+    (with_value("model.type", "rnn"), "model.type must be one of mlp, cnn (got 'rnn')"),
+    (
+        with_value("model.hidden_units", []),
+        "model.hidden_units must be a non-empty list of positive integers (got [])",
+    ),
+    (
+        with_value("model.hidden_units", [784, -32]),
+        "model.hidden_units.1 must be a non-empty list of positive integers (got -32)",
+    ),
+    (
+        with_value("model.hidden_units", 784),
+        "model.hidden_units must be a non-empty list of positive integers (got 784)",
+    ),
+    (
+        with_value("preprocess.validation_split", 1.0),
+        "preprocess.validation_split must be a fraction strictly between 0 and 1 (got 1.0)",
+    ),
+    (
+        with_value("preprocess.train_fraction", 0),
+        "preprocess.train_fraction must be a fraction greater than 0 and at most 1 (got 0)",
+    ),
+    (
+        with_value("plot.sample_grid", 100),
+        "plot.sample_grid must be an integer from 1 to 30 (got 100)",
+    ),
+    (
+        with_value("train.epoch", 5),
+        "train.epoch is not a known key (allowed here: optimizer, learning_rate",
+    ),
+    (with_value("train.loop", "while"), "train.loop must be one of fit, scan (got 'while')"),
+    (without("train.epochs"), "train.epochs is missing; it must be a positive integer"),
+    (without("mlflow"), "section mlflow is missing"),
+    (
+        default_raw() | {"extra": {"a": 1}},
+        "extra is not a known key (allowed here: base, preprocess",
+    ),
+    (default_raw() | {"train": 5}, "train must be a mapping of keys to values (got 5)"),
+    ([1, 2], "params.yaml: must be a mapping of sections (got [1, 2])"),
+    (None, "params.yaml: must be a mapping of sections (got null)"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD, ids=[message[:60] for _, message in BAD])
+def test_bad_value_is_named(raw: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("base: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML at line 1"):
+        load_params(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("base:\n  seed: 1\n  dataset: [mnist\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML at line \d"):
+        load_params(path)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"params.yaml: not found at"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess"])
+def test_stage_exits_2_with_one_line_and_touches_nothing(workspace: Path, stage: str) -> None:
+    raw = with_value("train.epochs", -1)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
+    before = files_under(workspace)
+    result = run_stage(workspace, stage, timeout=60)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        "error: params.yaml: train.epochs must be a positive integer (got -1)"
+    ]
+    assert "Traceback" not in result.stderr
+    assert files_under(workspace) == before
+
+
+def _dvc_stage_params(stage: dict[str, Any]) -> set[str]:
+    keys: set[str] = set()
+    for entry in stage.get("params", []):
+        keys.update(entry.keys() if isinstance(entry, dict) else [entry])
+    return keys
+
+
+def test_dvc_yaml_params_schema_agree() -> None:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    raw = default_raw()
+    # Every stage in dvc.yaml reads exactly the params the code declares for it.
+    assert set(dvc) == set(STAGE_PARAMS)
+    for name, stage in dvc.items():
+        assert _dvc_stage_params(stage) == set(STAGE_PARAMS[name]), name
+        assert stage["cmd"] == f"python -m stages.{name}"
+        assert f"stages/{name}.py" in stage["deps"]
+    # params.yaml has exactly the schema's keys, and every key is read by some stage.
+    schema = {s: set(m.annotation.model_fields) for s, m in Params.model_fields.items()}
+    assert {s: set(v) for s, v in raw.items()} == schema
+    used = {key for keys in STAGE_PARAMS.values() for key in keys}
+    for section, fields in schema.items():
+        for field in fields:
+            assert section in used or f"{section}.{field}" in used, f"{section}.{field} unused"
+
+
+def test_flatten_names_every_leaf() -> None:
+    params = load_params(REPO / "params.yaml")
+    flat = flatten(params, STAGE_PARAMS["train"])
+    assert flat["train.learning_rate"] == 0.01
+    assert flat["model.hidden_units"] == [784, 32]
+    assert "preprocess.validation_split" not in flat
+    assert flatten(params, ("base.dataset",)) == {"base.dataset": "mnist"}
