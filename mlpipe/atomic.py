@@ -25,17 +25,33 @@ def temp_sibling(final: Path) -> Path:
 
 
 @contextmanager
+def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
+    """Temp paths for several outputs, renamed into place together only if all were written.
+
+    Whatever stood under the final names is removed first, so a failed run never leaves a
+    previous run's file beside this run's others.
+    """
+    temps = [temp_sibling(final) for final in finals]
+    for final in finals:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        final.unlink(missing_ok=True)
+    try:
+        yield temps
+        for temp in temps:
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
+        for temp, final in zip(temps, finals, strict=True):
+            os.replace(temp, final)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+@contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temp path to write; on success it replaces `final`, on failure it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_sibling(final)
-    try:
+    with atomic_paths(final) as (temp,):
         yield temp
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -43,9 +59,13 @@ def write_text(path: Path, text: str) -> None:
         temp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: Path, data: Any) -> None:
+def json_text(data: Any) -> str:
     """JSON with sorted keys, two-space indent and a trailing newline, so diffs stay stable."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json_text(data))
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:

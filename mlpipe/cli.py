@@ -32,7 +32,7 @@ def configure_logging() -> None:
         stream=sys.stderr,
     )
     # Keep TensorFlow's C++ start-up chatter out of the stage logs.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def run_stage(name: str, main: Callable[[], None]) -> NoReturn:

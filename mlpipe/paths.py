@@ -18,7 +18,6 @@ FIGURES_DIR = REPORTS_DIR / "figures"
 
 MODEL_FILE = MODELS_DIR / "model.keras"
 RUN_INFO_FILE = MODELS_DIR / "run.json"
-SUMMARY_FILE = MODELS_DIR / "summary.txt"
 HISTORY_FILE = REPORTS_DIR / "history.csv"
 METRICS_FILE = REPORTS_DIR / "metrics.json"
 PER_CLASS_FILE = REPORTS_DIR / "per_class.csv"

@@ -160,3 +160,33 @@ class FileServer:
         finally:
             self.httpd.shutdown()
             self.httpd.server_close()
+
+
+def write_processed(
+    workspace: Path, shape: tuple[int, ...] = (28, 28), n: int = 60, seed: int = 0
+) -> None:
+    """Processed splits as the preprocess stage writes them, with learnable labels.
+
+    Each image's brightness encodes its class, so a model can learn something in one epoch.
+    """
+    rng = np.random.default_rng(seed)
+    folder = workspace / "data" / "processed"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", n), ("val", n // 3), ("test", n // 3)):
+        y = (np.arange(count) % 10).astype(np.uint8)
+        base = (y.astype(np.int32) * 25).reshape(-1, *([1] * len(shape)))
+        noise = rng.integers(0, 20, (count, *shape))
+        x = np.clip(base + noise, 0, 255).astype(np.uint8)
+        np.savez(folder / f"{split}.npz", x=x, y=y)
+
+
+def set_params(workspace: Path, **values: object) -> None:
+    """Change params.yaml keys given as section__key=value."""
+    import yaml
+
+    path = workspace / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for key, value in values.items():
+        section, leaf = key.split("__")
+        raw[section][leaf] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -1,0 +1,150 @@
+"""Keras models, optimizers and the training loop, built from params.
+
+Only Keras 3 APIs are used, so the backend stays a choice (TensorFlow by default,
+`KERAS_BACKEND=jax` works too). Pixels are scaled inside the model, so a saved model takes
+raw uint8 images of the dataset's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import layers
+
+from mlpipe.config import ModelParams, TrainParams
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, dict[str, float]], None]
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def build_model(
+    params: ModelParams, image_shape: tuple[int, ...], num_classes: int, seed: int
+) -> keras.Model:
+    """The tutorial's MLP, or a small convnet, for images of `image_shape`."""
+    inputs = keras.Input(shape=image_shape, dtype="uint8", name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale_pixels")(inputs)
+    if params.type == "cnn":
+        if len(image_shape) == 2:
+            x = layers.Reshape((*image_shape, 1), name="add_channel")(x)
+        for filters in params.conv_filters:
+            x = layers.Conv2D(filters, 3, padding="same", activation=params.activation)(x)
+            x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    for units in params.hidden_units:
+        x = layers.Dense(units, activation=params.activation)(x)
+    if params.dropout:
+        x = layers.Dropout(params.dropout, seed=seed)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{params.type}_classifier")
+
+
+def make_optimizer(params: TrainParams) -> keras.optimizers.Optimizer:
+    if params.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=params.learning_rate, momentum=params.momentum)
+    if params.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=params.learning_rate)
+    return keras.optimizers.RMSprop(learning_rate=params.learning_rate)
+
+
+def encode_labels(labels: np.ndarray, loss: str, num_classes: int) -> np.ndarray:
+    """One-hot for categorical cross-entropy, integers for the sparse variant."""
+    if loss == "categorical_crossentropy":
+        return keras.utils.to_categorical(labels, num_classes).astype("float32")
+    return labels.astype("int32")
+
+
+def compile_model(model: keras.Model, params: TrainParams) -> None:
+    model.compile(optimizer=make_optimizer(params), loss=params.loss, metrics=["accuracy"])
+
+
+def summary_text(model: keras.Model) -> str:
+    """The model summary as the tutorial prints it, at a fixed width so no column is cut.
+
+    Keras renders it with rich, which sizes a captured console from COLUMNS (80 otherwise).
+    """
+    lines: list[str] = []
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        model.summary(print_fn=lambda text, **_: lines.append(text), line_length=90)
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    return "".join(lines).rstrip("\n") + "\n"
+
+
+def trainable_parameters(model: keras.Model) -> int:
+    return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
+
+
+class _EpochCallback(keras.callbacks.Callback):
+    """One log line per epoch, and the epoch's metrics handed to `hook` (MLflow)."""
+
+    def __init__(self, epochs: int, hook: EpochHook | None) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.hook = hook
+        self.rows: list[dict[str, float]] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {key: float(logs[key]) for key in HISTORY_KEYS if logs and key in logs}
+        seconds = time.perf_counter() - self._started
+        self.rows.append({"epoch": epoch + 1, **metrics, "seconds": seconds})
+        shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+        log.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, shown, seconds)
+        if self.hook is not None:
+            self.hook(epoch + 1, metrics)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    history: list[dict[str, float]]  # one row per epoch: epoch, the four metrics, seconds
+    fit_seconds: float
+
+
+def train(
+    model: keras.Model,
+    params: TrainParams,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    num_classes: int,
+    on_epoch: EpochHook | None = None,
+) -> TrainResult:
+    """Compile and fit `model` on (x_train, y_train, x_val, y_val); returns its history."""
+    x_train, y_train, x_val, y_val = data
+    compile_model(model, params)
+    epoch_callback = _EpochCallback(params.epochs, on_epoch)
+    callbacks: list[keras.callbacks.Callback] = [epoch_callback]
+    if params.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=params.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    started = time.perf_counter()
+    model.fit(
+        x_train,
+        encode_labels(y_train, params.loss, num_classes),
+        validation_data=(x_val, encode_labels(y_val, params.loss, num_classes)),
+        batch_size=params.batch_size,
+        epochs=params.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return TrainResult(epoch_callback.rows, time.perf_counter() - started)

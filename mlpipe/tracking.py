@@ -1,0 +1,313 @@
+"""MLflow tracking: where runs go, how they start and end, and what they record.
+
+Runs go to `MLFLOW_TRACKING_URI` when set, otherwise to SQLite in `mlflow.db` at the root of
+the user's workspace (not of a DVC temp copy), with artifacts in `mlartifacts/` beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from mlpipe.errors import Terminated, TrackingError
+from mlpipe.paths import ROOT, workspace_root
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TAG_HOST = "mlpipe.host"
+TAG_PID = "mlpipe.pid"
+TAG_PID_STARTED = "mlpipe.pid_started"
+SERVER_CHECK_TIMEOUT_S = 5.0
+SQLITE_LOCK_TIMEOUT_S = 120.0
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the workspace's own SQLite file, as an absolute URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return f"sqlite:///{workspace_root() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (workspace_root() / "mlartifacts").as_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _bound_http_retries() -> None:
+    """Fail in seconds, not minutes, when a tracking server goes away mid-run."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def check_server(uri: str) -> None:
+    """Raise TrackingError at once if an HTTP tracking server does not answer its health check."""
+    import requests
+
+    try:
+        reply = requests.get(uri.rstrip("/") + "/health", timeout=SERVER_CHECK_TIMEOUT_S)
+        reply.raise_for_status()
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        if isinstance(exc, requests.HTTPError):
+            reason = f"HTTP {exc.response.status_code}"
+        raise TrackingError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable ({reason}); "
+            "start it, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        ) from None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first contact with a SQLite store: schema creation and experiment creation.
+
+    Several processes opening an empty mlflow.db at once would race to create its tables; the
+    lock makes one do it while the others wait. WAL lets readers and a writer work together.
+    """
+    path = _sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(f"{path}.lock", timeout=SQLITE_LOCK_TIMEOUT_S):
+            with sqlite3.connect(path, timeout=60) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+            yield
+    except Timeout:
+        raise TrackingError(f"{path}.lock: held by another process for over 2 minutes") from None
+
+
+@dataclass
+class Tracker:
+    """An MLflow run, with the time spent in MLflow calls counted."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    seconds: float = 0.0
+    calls: int = 0
+    _started: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        with self.timed():
+            self.client.log_batch(
+                self.run_id, params=[Param(key, str(value)) for key, value in params.items()]
+            )
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        with self.timed():
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        with self.timed():
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_text(self, text: str, name: str) -> None:
+        with self.timed():
+            self.client.log_text(self.run_id, text, name)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        with self.timed():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def connect(experiment_name: str) -> tuple[MlflowClient, str]:
+    """A client for the tracking store and the id of the experiment, created if need be.
+
+    A new experiment gets an explicit artifact location in the workspace, since MLflow fixes it
+    at creation: a relative default would follow the current folder into DVC's temp copies.
+    """
+    uri = tracking_uri()
+    if urlparse(uri).scheme in ("http", "https"):
+        _bound_http_retries()
+        check_server(uri)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _store_lock(uri):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                experiment_id = client.create_experiment(experiment_name, artifact_root())
+            elif experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(experiment.experiment_id)
+                experiment_id = experiment.experiment_id
+            else:
+                experiment_id = experiment.experiment_id
+            # Touch the registry too, so its tables are created under the lock as well.
+            client.search_registered_models(max_results=1)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow store {uri}: {_first_line(exc)}") from None
+    close_orphaned_runs(client, experiment_id)
+    return client, experiment_id
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def owner_tags() -> dict[str, str]:
+    """Host, pid and the pid's start time: enough for a later start to tell the owner died."""
+    pid = os.getpid()
+    return {
+        TAG_HOST: socket.gethostname(),
+        TAG_PID: str(pid),
+        TAG_PID_STARTED: f"{_process_started(pid) or 0:.3f}",
+    }
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs of this host whose process is gone (a `kill -9`)."""
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'",
+    )
+    closed = []
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid = int(tags.get(TAG_PID, ""))
+            started = float(tags.get(TAG_PID_STARTED, "0"))
+        except ValueError:
+            continue
+        alive_since = _process_started(pid)
+        if alive_since is not None and abs(alive_since - started) < 1.0:
+            continue  # Still running: a concurrent stage, not an orphan.
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning(
+            "run %s was left RUNNING by a process that died; marked KILLED", run.info.run_id
+        )
+        closed.append(run.info.run_id)
+    return closed
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def data_digest(paths: list[Path]) -> str:
+    """One SHA-256 over the given files' names and contents: names the exact data a run saw."""
+    from mlpipe.datasets import sha256_file
+
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def run_tags(extra: Mapping[str, str]) -> dict[str, str]:
+    """Tags every training run carries: code, DVC experiment, owner process."""
+    tags = {"mlflow.source.name": "stages/train.py", "mlflow.source.type": "LOCAL", **owner_tags()}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    tags.update(extra)
+    return tags
+
+
+@contextmanager
+def tracked_run(
+    client: MlflowClient, experiment_id: str, tags: Mapping[str, str]
+) -> Iterator[Tracker]:
+    """Start a run; end it FINISHED, FAILED on an exception, KILLED on SIGINT or SIGTERM.
+
+    The run is also made the active one, so MLflow's flavour functions (log_model) attach to it.
+    Under `dvc exp run` the run is named after the DVC experiment.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(tracking_uri())
+    run = client.create_run(experiment_id, tags=dict(tags), run_name=os.environ.get("DVC_EXP_NAME"))
+    tracker = Tracker(client, run.info.run_id, experiment_id)
+    mlflow.start_run(run_id=run.info.run_id)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except (KeyboardInterrupt, Terminated):
+        status = "KILLED"
+        raise
+    finally:
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:  # The store may be the thing that failed; say so, keep the error.
+            log.error("could not mark run %s %s: %s", run.info.run_id, status, _first_line(exc))
+        log.info("MLflow run %s ended %s", run.info.run_id, status)
+
+
+@contextmanager
+def attached_run(client: MlflowClient, run_id: str) -> Iterator[Tracker]:
+    """Continue logging to an existing run (evaluate and plot add to train's run)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"MLflow run {run_id} (from models/run.json) is not in {tracking_uri()}; "
+            "run the train stage again"
+        ) from None
+    yield Tracker(client, run_id, run.info.experiment_id)

@@ -1,0 +1,123 @@
+"""Model builders, optimizer and loss mapping, seeded determinism (Keras in-process)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from mlpipe.config import ModelParams, TrainParams, load_params  # noqa: E402
+from mlpipe.models import build_model, encode_labels, make_optimizer, train  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+
+DEFAULTS = load_params(REPO / "params.yaml")
+
+
+def model_params(**changes: object) -> ModelParams:
+    return DEFAULTS.model.model_copy(update=changes)
+
+
+def train_params(**changes: object) -> TrainParams:
+    return DEFAULTS.train.model_copy(update=changes)
+
+
+def test_default_model_is_the_tutorial_network() -> None:
+    model = build_model(DEFAULTS.model, (28, 28), 10, seed=0)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [784, 32, 10]
+    assert [layer.activation.__name__ for layer in dense] == ["relu", "relu", "softmax"]
+    assert model.count_params() == 640_890
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3)])
+def test_builder_takes_raw_images_of_each_dataset_shape(kind: str, shape: tuple[int, ...]) -> None:
+    model = build_model(model_params(type=kind, hidden_units=[16]), shape, 10, seed=0)
+    assert model.input_shape == (None, *shape)
+    assert model.inputs[0].dtype == "uint8"
+    out = model.predict(np.zeros((2, *shape), np.uint8), verbose=0)
+    assert out.shape == (2, 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_scaling_is_inside_the_model() -> None:
+    model = build_model(model_params(hidden_units=[8]), (28, 28), 10, seed=0)
+    rescale = model.get_layer("scale_pixels")
+    scaled = keras.ops.convert_to_numpy(rescale(np.full((1, 28, 28), 255, np.uint8)))
+    np.testing.assert_allclose(scaled, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("sgd", "SGD"), ("adam", "Adam"), ("rmsprop", "RMSprop")],
+)
+def test_optimizer_mapping(name: str, cls: str) -> None:
+    optimizer = make_optimizer(train_params(optimizer=name, learning_rate=0.05))
+    assert type(optimizer).__name__ == cls
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.05)
+
+
+def test_sgd_momentum_is_passed() -> None:
+    assert make_optimizer(train_params(momentum=0.9)).momentum == pytest.approx(0.9)
+
+
+def test_label_encoding_matches_the_loss() -> None:
+    labels = np.array([0, 3, 9], np.uint8)
+    onehot = encode_labels(labels, "categorical_crossentropy", 10)
+    assert onehot.shape == (3, 10) and onehot[1, 3] == 1.0
+    assert encode_labels(labels, "sparse_categorical_crossentropy", 10).tolist() == [0, 3, 9]
+
+
+def tiny_data(seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(60) % 10
+    x = np.clip(y[:, None, None] * 25 + rng.integers(0, 20, (60, 28, 28)), 0, 255).astype(np.uint8)
+    return x[:40], y[:40].astype(np.uint8), x[40:], y[40:].astype(np.uint8)
+
+
+def fit_once(loss: str = "categorical_crossentropy", epochs: int = 2) -> tuple[list, list]:
+    keras.utils.set_random_seed(7)
+    model = build_model(model_params(hidden_units=[16]), (28, 28), 10, seed=7)
+    result = train(model, train_params(loss=loss, epochs=epochs, batch_size=8), tiny_data(), 10)
+    return model.get_weights(), result.history
+
+
+def test_same_seed_gives_identical_weights() -> None:
+    first, _ = fit_once()
+    second, _ = fit_once()
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sparse_and_categorical_losses_give_the_same_result() -> None:
+    dense, dense_history = fit_once("categorical_crossentropy")
+    sparse, sparse_history = fit_once("sparse_categorical_crossentropy")
+    for a, b in zip(dense, sparse, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert dense_history[-1]["loss"] == pytest.approx(sparse_history[-1]["loss"], rel=1e-4)
+
+
+def test_history_has_one_row_per_epoch_and_hook_sees_each() -> None:
+    seen = []
+    keras.utils.set_random_seed(1)
+    model = build_model(model_params(hidden_units=[16]), (28, 28), 10, seed=1)
+    result = train(
+        model,
+        train_params(epochs=3, batch_size=8, learning_rate=0.1),
+        tiny_data(),
+        10,
+        on_epoch=lambda epoch, metrics: seen.append((epoch, sorted(metrics))),
+    )
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert seen == [(e, ["accuracy", "loss", "val_accuracy", "val_loss"]) for e in (1, 2, 3)]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_early_stopping_stops_before_the_last_epoch() -> None:
+    keras.utils.set_random_seed(1)
+    model = build_model(model_params(hidden_units=[16]), (28, 28), 10, seed=1)
+    # A learning rate this large diverges at once, so val_loss stops improving.
+    params = train_params(epochs=30, batch_size=8, learning_rate=10.0, early_stopping_patience=1)
+    result = train(model, params, tiny_data(), 10)
+    assert len(result.history) < 30

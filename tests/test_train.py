@@ -1,0 +1,146 @@
+"""The train stage with a temporary SQLite tracking store: runs, metrics, tags, the model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import error_lines, files_under, run_stage, stage_env
+from tests.fakes import set_params, write_processed
+
+QUICK = {"train__epochs": 2, "train__batch_size": 16, "model__hidden_units": [16]}
+OUTPUTS = ["model.keras", "run.json"]
+
+
+@pytest.fixture
+def trained(workspace: Path) -> Path:
+    write_processed(workspace)
+    set_params(workspace, **QUICK)
+    result = run_stage(workspace, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workspace
+
+
+def client_for(workspace: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_run_is_recorded_whole(trained: Path) -> None:
+    info = json.loads((trained / "models/run.json").read_text())
+    client = client_for(trained)
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.learning_rate"] == "0.01"
+    assert run.data.params["model.hidden_units"] == "[16]"
+    assert run.data.params["base.dataset"] == "mnist"
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
+    tags = run.data.tags
+    assert tags["keras.backend"] == "tensorflow"
+    assert len(tags["data.sha256"]) == 64
+    assert tags["mlpipe.pid"].isdigit()
+    assert run.data.metrics["trainable_params"] == 28 * 28 * 16 + 16 + 170
+    # Artifacts land in the workspace's own folder, not wherever the process ran.
+    assert run.info.artifact_uri.startswith((trained / "mlartifacts").as_uri())
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"history.csv", "model_summary.txt", "serving_input_example.json"} <= artifacts
+    # History: one row per epoch.
+    history = (trained / "reports/history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy")
+    assert len(history) == 3
+
+
+def test_registered_model_predicts_raw_images(trained: Path) -> None:
+    import mlflow
+
+    info = json.loads((trained / "models/run.json").read_text())
+    assert info["registered_model_name"] == "keras-tutorial-mnist"
+    assert info["registered_model_version"] == 1
+    mlflow.set_tracking_uri(f"sqlite:///{trained / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(info["registered_model_uri"])
+    with np.load(trained / "data/processed/test.npz") as test:
+        probabilities = np.asarray(model.predict(test["x"]))
+        count = len(test["y"])
+    assert probabilities.shape == (count, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    # The example batch logged with the run is a valid serving request for this model.
+    example = mlflow.artifacts.load_text(f"runs:/{info['run_id']}/serving_input_example.json")
+    batch = np.asarray(json.loads(example)["inputs"], dtype=np.uint8)
+    assert np.asarray(model.predict(batch)).shape == (5, 10)
+
+
+def test_second_training_is_a_new_version(trained: Path) -> None:
+    result = run_stage(trained, "train")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((trained / "models/run.json").read_text())
+    assert info["registered_model_version"] == 2
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_training_ends_run_killed(workspace: Path, signum: int, code: int) -> None:
+    write_processed(workspace, n=600)
+    set_params(workspace, train__epochs=500, train__batch_size=8, model__hidden_units=[16])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=workspace,
+        env=stage_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "epoch 2/500" in line:
+            break
+    process.send_signal(signum)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == code, "".join(lines) + rest
+    runs = client_for(workspace).search_runs(["1"])
+    assert [run.info.status for run in runs] == ["KILLED"]
+    assert files_under(workspace / "models") == []
+    assert files_under(workspace / "reports") == []
+
+
+def test_exception_ends_run_failed_and_leaves_no_output(workspace: Path) -> None:
+    write_processed(workspace)
+    set_params(workspace, **QUICK)
+    (workspace / "models").write_text("a file where the models folder should be")
+    result = run_stage(workspace, "train")
+    assert result.returncode == 1
+    assert len(error_lines(result.stderr)) == 1
+    assert "Traceback" not in result.stderr
+    runs = client_for(workspace).search_runs(["1"])
+    assert [run.info.status for run in runs] == ["FAILED"]
+    assert files_under(workspace / "reports") == []
+
+
+def test_unreachable_tracking_server_fails_fast_naming_it(workspace: Path) -> None:
+    write_processed(workspace)
+    started = time.monotonic()
+    result = run_stage(workspace, "train", MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "error: MLflow tracking server http://127.0.0.1:9 (MLFLOW_TRACKING_URI) is not reachable "
+        "(ConnectionError); start it, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+    ]
+    assert files_under(workspace / "models") == []
+
+
+def test_missing_processed_data_is_named(workspace: Path) -> None:
+    result = run_stage(workspace, "train")
+    assert result.returncode == 1
+    assert error_lines(result.stderr)[0].endswith(
+        "train.npz: missing; run the preprocess stage first"
+    )
+    assert not (workspace / "mlflow.db").exists()
