@@ -115,3 +115,26 @@ def dvc(
         text=True,
         timeout=timeout,
     )
+
+
+# A training run small enough for a test: two epochs of a 16-unit network on tiny data.
+QUICK = {"train__epochs": 2, "train__batch_size": 16, "model__hidden_units": [16]}
+
+
+@pytest.fixture
+def trained(workspace: Path) -> Path:
+    """A workspace where the train stage has run on tiny processed data."""
+    from tests.fakes import set_params, write_processed
+
+    write_processed(workspace)
+    set_params(workspace, **QUICK)
+    result = run_stage(workspace, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workspace
+
+
+def client_for(workspace: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

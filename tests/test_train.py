@@ -12,27 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import error_lines, files_under, run_stage, stage_env
+from tests.conftest import QUICK, client_for, error_lines, files_under, run_stage, stage_env
 from tests.fakes import set_params, write_processed
-
-QUICK = {"train__epochs": 2, "train__batch_size": 16, "model__hidden_units": [16]}
-OUTPUTS = ["model.keras", "run.json"]
-
-
-@pytest.fixture
-def trained(workspace: Path) -> Path:
-    write_processed(workspace)
-    set_params(workspace, **QUICK)
-    result = run_stage(workspace, "train")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workspace
-
-
-def client_for(workspace: Path):
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def test_run_is_recorded_whole(trained: Path) -> None:

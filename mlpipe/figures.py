@@ -1,0 +1,165 @@
+"""The tutorial's figures, and the ones a reader wants next, as matplotlib figures.
+
+Builders take arrays and return a Figure; `save_png` writes one atomically. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from mlpipe.atomic import atomic_path
+
+
+def _show_image(axis: plt.Axes, image: np.ndarray) -> None:
+    """Grayscale as the tutorial shows it (white digit on black); colour images as they are."""
+    if image.ndim == 2:
+        axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+    else:
+        axis.imshow(image)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _grid(count: int, size: float) -> tuple[Figure, np.ndarray]:
+    columns = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    return figure, axes
+
+
+def sample_grid(
+    images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], side: int
+) -> Figure:
+    """A side x side grid of training images, each titled with its class."""
+    count = min(side * side, len(images))
+    figure, axes = plt.subplots(side, side, figsize=(side * 1.1, side * 1.25), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < count:
+            _show_image(axis, images[index])
+            axis.set_title(class_names[int(labels[index])], fontsize=7)
+    figure.suptitle(f"{count} sample training images")
+    figure.tight_layout()
+    return figure
+
+
+def curves(history: pd.DataFrame, metric: str) -> Figure:
+    """Training vs validation `metric` against epoch."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(
+        history["epoch"], history[metric], marker="o", markersize=3, label=f"training {metric}"
+    )
+    axis.plot(
+        history["epoch"],
+        history[f"val_{metric}"],
+        marker="o",
+        markersize=3,
+        label=f"validation {metric}",
+    )
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.set_title(f"Model {metric}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def prediction_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    class_names: tuple[str, ...],
+    side: int,
+) -> Figure:
+    """A side x side grid of test images titled `Predicted: p  Label: l`, wrong ones in red."""
+    figure, axes = plt.subplots(side, side, figsize=(side * 2.6, side * 2.6), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= len(images):
+            continue
+        _show_image(axis, images[index])
+        right = predicted[index] == labels[index]
+        guess, truth = class_names[int(predicted[index])], class_names[int(labels[index])]
+        axis.set_title(
+            f"Predicted: {guess}  Label: {truth}",
+            fontsize=8,
+            color="black" if right else "red",
+        )
+    figure.tight_layout()
+    return figure
+
+
+def confusion_heatmap(matrix: np.ndarray, class_names: tuple[str, ...]) -> Figure:
+    """The confusion matrix with counts in each cell; rows are true labels."""
+    size = max(5.0, 0.6 * len(class_names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size * 0.9))
+    shown = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="test images")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, labels=class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, labels=class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("label")
+    axis.set_title("Confusion matrix (test set)")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for row in range(matrix.shape[0]):
+        for column in range(matrix.shape[1]):
+            value = int(matrix[row, column])
+            if value:
+                axis.text(
+                    column,
+                    row,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > threshold else "black",
+                )
+    figure.tight_layout()
+    return figure
+
+
+def confident_mistakes(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    probability: np.ndarray,
+    class_names: tuple[str, ...],
+    count: int,
+) -> Figure:
+    """The wrong predictions the model was surest of, most confident first."""
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probability[wrong], kind="stable")][:count]
+    shown = max(len(order), 1)
+    figure, axes = _grid(shown, 2.2)
+    for axis, index in zip(axes.flat, order, strict=False):
+        axis.axis("on")
+        _show_image(axis, images[index])
+        axis.set_title(
+            f"Predicted: {class_names[int(predicted[index])]} ({probability[index]:.0%})\n"
+            f"Label: {class_names[int(labels[index])]}",
+            fontsize=8,
+        )
+    if not len(order):
+        axes.flat[0].text(0.5, 0.5, "no mistakes on the test set", ha="center", va="center")
+    figure.suptitle(f"The {len(order)} most confidently wrong test predictions")
+    figure.tight_layout()
+    return figure
+
+
+def save_png(figure: Figure, path: Path, dpi: int = 100) -> None:
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=dpi, format="png")
+    plt.close(figure)
