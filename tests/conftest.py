@@ -138,3 +138,8 @@ def client_for(workspace: Path):
 
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def run_git(repo: Path, *args: str) -> str:
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    return subprocess.run([*git, *args], cwd=repo, capture_output=True, text=True, check=True).stdout

@@ -125,3 +125,22 @@ def test_missing_processed_data_is_named(workspace: Path) -> None:
         "train.npz: missing; run the preprocess stage first"
     )
     assert not (workspace / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("dataset", "shape"), [("fashion_mnist", (28, 28)), ("cifar10", (32, 32, 3))])
+def test_other_dataset_and_cnn_need_no_other_edit(workspace: Path, dataset: str, shape: tuple) -> None:
+    write_processed(workspace, shape=shape)
+    set_params(
+        workspace, base__dataset=dataset, model__type="cnn", model__conv_filters=[4],
+        train__epochs=1, train__batch_size=16, model__hidden_units=[8],
+    )
+    result = run_stage(workspace, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((workspace / "models/run.json").read_text())
+    # One registered model per dataset: champions of different datasets never compete.
+    assert info["registered_model_name"] == f"keras-tutorial-{dataset}"
+    assert info["registered_model_version"] == 1
+    evaluated = run_stage(workspace, "evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    table = (workspace / "reports/per_class.csv").read_text()
+    assert ("Ankle boot" if dataset == "fashion_mnist" else "airplane") in table

@@ -1,0 +1,100 @@
+"""DVC experiments and MLflow runs joined: named runs, baseline tags, a queue run two at a time.
+
+Real MNIST from the mirror, cut to 5% and two epochs so each experiment takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MIRROR, dvc, needs_mirror, project_copy, run_git
+
+pytestmark = [pytest.mark.slow, needs_mirror]
+
+
+def small(repo: Path) -> None:
+    text = (repo / "params.yaml").read_text()
+    text = text.replace("train_fraction: 1.0", "train_fraction: 0.05").replace("epochs: 20", "epochs: 2")
+    (repo / "params.yaml").write_text(text)
+
+
+def exp_rows(repo: Path) -> dict[str, dict]:
+    """Experiment name -> its metrics from `dvc exp show --json`."""
+    shown = dvc(repo, "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    rows = {}
+    for baseline in json.loads(shown.stdout):
+        for exp in baseline.get("experiments") or []:
+            for revision in exp["revs"]:
+                data = revision.get("data") or {}
+                metrics = data.get("metrics", {}).get("reports/metrics.json", {}).get("data", {})
+                rows[revision.get("name") or exp.get("name")] = metrics
+    return rows
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    repo = project_copy(tmp_path_factory.mktemp("experiments"))
+    small(repo)
+    result = dvc(repo, "repro", DATA_MIRROR=str(MIRROR))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "baseline")
+    return repo, run_git(repo, "rev-parse", "HEAD").strip()
+
+
+def mlflow_runs(repo: Path) -> dict[str, object]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs(["1"])
+    return client, {run.info.run_name: run for run in runs}
+
+
+def test_named_experiment_is_a_named_mlflow_run(baseline: tuple[Path, str]) -> None:
+    repo, commit = baseline
+    result = dvc(repo, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    client, runs = mlflow_runs(repo)
+    run = runs["lr-high"]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.learning_rate"] == "0.1"
+    assert run.data.tags["dvc.exp_name"] == "lr-high"
+    assert run.data.tags["dvc.baseline_rev"] == commit
+    assert exp_rows(repo)["lr-high"]["mlflow_run_id"] == run.info.run_id
+
+
+def test_queue_of_two_runs_two_at_a_time_into_one_store(baseline: tuple[Path, str]) -> None:
+    repo, commit = baseline
+    queued = dvc(repo, "exp", "run", "--queue", "-S", "train.learning_rate=0.05,0.2")
+    assert queued.returncode == 0, queued.stderr
+    started = dvc(repo, "queue", "start", "-j", "2")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    dvc(repo, "queue", "stop")
+    assert status.count("Success") == 2, status
+    names = [line.split()[1] for line in status.splitlines() if "Success" in line]
+    client, runs = mlflow_runs(repo)
+    rows = exp_rows(repo)
+    for name in names:
+        run = runs[name]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["dvc.baseline_rev"] == commit
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+        assert rows[name]["mlflow_run_id"] == run.info.run_id
+        # The queued run's artifacts are in the workspace, not in DVC's throwaway copy.
+        assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+        logs = dvc(repo, "queue", "logs", name).stdout
+        assert "database is locked" not in logs
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    learning_rates = sorted(runs[name].data.params["train.learning_rate"] for name in names)
+    assert learning_rates == ["0.05", "0.2"]
