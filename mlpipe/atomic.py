@@ -12,16 +12,22 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
+from typing import Any
 
 
-def temp_sibling(final: Path) -> Path:
+def temp_sibling(final: Path, pid: int | None = None) -> Path:
     """A hidden path beside `final`, unique to this process, with the same suffix."""
-    return final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+    return final.with_name(f".{final.stem}.tmp{pid or os.getpid()}{final.suffix}")
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Remove temp siblings of `final` left by processes that were killed (`kill -9`)."""
+    import psutil
+
+    for temp in final.parent.glob(f".{final.stem}.tmp*{final.suffix}"):
+        owner = temp.name[len(f".{final.stem}.tmp") : len(temp.name) - len(final.suffix)]
+        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+            temp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -35,6 +41,7 @@ def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
     for final in finals:
         final.parent.mkdir(parents=True, exist_ok=True)
         final.unlink(missing_ok=True)
+        remove_stale_temps(final)
     try:
         yield temps
         for temp in temps:
@@ -66,15 +73,3 @@ def json_text(data: Any) -> str:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json_text(data))
-
-
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as temp:
-        frame.to_csv(temp, index=False)
-
-
-def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    import numpy as np
-
-    with atomic_path(path) as temp:
-        np.savez(temp, **arrays)

@@ -6,6 +6,7 @@ arguments; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -22,6 +23,17 @@ EXIT_TERMINATED = 143
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated(f"received signal {signum}")
+
+
+def describe_os_error(exc: OSError) -> str:
+    where = exc.filename or "a file"
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return f"{where}: a file stands where a folder is needed; move it away and run again"
+    if exc.errno == errno.ENOSPC:
+        return f"{where}: no space left on device; free some space and run again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: cannot write here ({exc.strerror})"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def configure_logging() -> None:
@@ -45,6 +57,9 @@ def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
     signal.signal(signal.SIGTERM, _raise_terminated)
     log = logging.getLogger(name)
     try:
+        from mlpipe.tracking import close_orphans_in_workspace
+
+        close_orphans_in_workspace()
         main()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -56,8 +71,7 @@ def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
         log.error("terminated; no output was left half-written")
         sys.exit(EXIT_TERMINATED)
     except OSError as exc:
-        # Disk full, permission denied, read-only file system: the user's to fix, so one line.
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        # Disk full, permission denied, a file where a folder should be: the user's to fix.
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

@@ -113,9 +113,16 @@ class Tracker:
 
     @contextmanager
     def timed(self) -> Iterator[None]:
+        """Count the time of the MLflow calls inside; turn their failures into one line."""
+        from mlflow.exceptions import MlflowException
+
         start = time.perf_counter()
         try:
             yield
+        except MlflowException as exc:
+            raise TrackingError(
+                f"MLflow tracking store {tracking_uri()} failed: {_reason(exc)}"
+            ) from None
         finally:
             self.seconds += time.perf_counter() - start
             self.calls += 1
@@ -169,7 +176,9 @@ def connect(experiment_name: str) -> tuple[MlflowClient, str]:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is None:
-                experiment_id = client.create_experiment(experiment_name, artifact_root())
+                # A tracking server chooses (and may proxy) its own artifact store.
+                location = artifact_root() if _sqlite_path(uri) else None
+                experiment_id = client.create_experiment(experiment_name, location)
             elif experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
                 experiment_id = experiment.experiment_id
@@ -181,6 +190,15 @@ def connect(experiment_name: str) -> tuple[MlflowClient, str]:
         raise TrackingError(f"MLflow store {uri}: {_first_line(exc)}") from None
     close_orphaned_runs(client, experiment_id)
     return client, experiment_id
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of an MLflow error: the OS error if there is one, else its first line."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\][^\"')]*", text)
+    return found.group(0).strip() if found else _first_line(exc)[:300]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -311,3 +329,30 @@ def attached_run(client: MlflowClient, run_id: str) -> Iterator[Tracker]:
             "run the train stage again"
         ) from None
     yield Tracker(client, run_id, run.info.experiment_id)
+
+
+def close_orphans_in_workspace() -> None:
+    """At the start of any stage: close runs a killed process left RUNNING in mlflow.db.
+
+    A plain SQLite read tells whether there is anything to do, so stages that never track
+    (download, preprocess) pay nothing for MLflow unless a run needs closing.
+    """
+    path = _sqlite_path(tracking_uri())
+    if path is None or not path.is_file():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as connection:
+            (running,) = connection.execute(
+                "SELECT COUNT(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                "WHERE runs.status = 'RUNNING' AND tags.key = ? AND tags.value = ?",
+                (TAG_HOST, socket.gethostname()),
+            ).fetchone()
+    except sqlite3.Error:
+        return  # No tables yet, or not an MLflow store: nothing of ours to close.
+    if not running:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    for experiment in client.search_experiments():
+        close_orphaned_runs(client, experiment.experiment_id)

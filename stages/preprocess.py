@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from mlpipe.atomic import write_csv, write_npz
+from mlpipe.atomic import atomic_paths
 from mlpipe.cli import run_stage
 from mlpipe.config import load_params
+from mlpipe.data import processed_file
 from mlpipe.datasets import SPECS, read_raw
 from mlpipe.paths import PROCESSED_DIR, RAW_DIR
 from mlpipe.preprocessing import class_summary, preprocess
@@ -30,12 +31,17 @@ def main() -> None:
         train_fraction=params.preprocess.train_fraction,
         seed=params.base.seed,
     )
-    for split in ("train", "val", "test"):
-        x = getattr(processed, f"x_{split}")
-        y = getattr(processed, f"y_{split}")
-        write_npz(PROCESSED_DIR / f"{split}.npz", x=x, y=y)
-        log.info("%s: %d samples of shape %s", split, len(x), x.shape[1:])
-    write_csv(PROCESSED_DIR / "summary.csv", class_summary(processed, spec.class_names))
+    import numpy as np
+
+    splits = ("train", "val", "test")
+    finals = [processed_file(split) for split in splits] + [PROCESSED_DIR / "summary.csv"]
+    # All four appear together or not at all.
+    with atomic_paths(*finals) as temps:
+        for split, temp in zip(splits, temps, strict=False):
+            x = getattr(processed, f"x_{split}")
+            np.savez(temp, x=x, y=getattr(processed, f"y_{split}"))
+            log.info("%s: %d samples of shape %s", split, len(x), x.shape[1:])
+        class_summary(processed, spec.class_names).to_csv(temps[-1], index=False)
 
 
 if __name__ == "__main__":

@@ -142,4 +142,6 @@ def client_for(workspace: Path):
 
 def run_git(repo: Path, *args: str) -> str:
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    return subprocess.run([*git, *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [*git, *args], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout

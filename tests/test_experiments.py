@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.slow, needs_mirror]
 
 def small(repo: Path) -> None:
     text = (repo / "params.yaml").read_text()
-    text = text.replace("train_fraction: 1.0", "train_fraction: 0.05").replace("epochs: 20", "epochs: 2")
+    text = text.replace("train_fraction: 1.0", "train_fraction: 0.05").replace(
+        "epochs: 20", "epochs: 2"
+    )
     (repo / "params.yaml").write_text(text)
 
 
@@ -59,7 +61,7 @@ def test_named_experiment_is_a_named_mlflow_run(baseline: tuple[Path, str]) -> N
     repo, commit = baseline
     result = dvc(repo, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    client, runs = mlflow_runs(repo)
+    _, runs = mlflow_runs(repo)
     run = runs["lr-high"]
     assert run.info.status == "FINISHED"
     assert run.data.params["train.learning_rate"] == "0.1"

@@ -127,12 +127,21 @@ def test_missing_processed_data_is_named(workspace: Path) -> None:
     assert not (workspace / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize(("dataset", "shape"), [("fashion_mnist", (28, 28)), ("cifar10", (32, 32, 3))])
-def test_other_dataset_and_cnn_need_no_other_edit(workspace: Path, dataset: str, shape: tuple) -> None:
+@pytest.mark.parametrize(
+    ("dataset", "shape"), [("fashion_mnist", (28, 28)), ("cifar10", (32, 32, 3))]
+)
+def test_other_dataset_and_cnn_need_no_other_edit(
+    workspace: Path, dataset: str, shape: tuple
+) -> None:
     write_processed(workspace, shape=shape)
     set_params(
-        workspace, base__dataset=dataset, model__type="cnn", model__conv_filters=[4],
-        train__epochs=1, train__batch_size=16, model__hidden_units=[8],
+        workspace,
+        base__dataset=dataset,
+        model__type="cnn",
+        model__conv_filters=[4],
+        train__epochs=1,
+        train__batch_size=16,
+        model__hidden_units=[8],
     )
     result = run_stage(workspace, "train")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,389 @@
+"""Bad input everywhere, table-driven: params, data files, model files, images, environment.
+
+Every case must end the same way: a non-zero exit, exactly one `error:` line that names the
+problem, no traceback, and no partial output (no new or changed file, no temp file left).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import QUICK, REPO, error_lines, run_stage, stage_env
+from tests.fakes import set_params, write_processed, write_raw
+
+pytestmark = pytest.mark.reliability
+
+ENOSPC_PREPROCESS = """
+import errno, numpy as np
+def full_disk(file, *args, **kwargs):
+    with open(file, "wb") as handle:
+        handle.write(b"half an archive")
+    raise OSError(errno.ENOSPC, "No space left on device", str(file))
+np.savez = full_disk
+from mlpipe.cli import run_stage
+from stages import preprocess
+run_stage("preprocess", preprocess.main)
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    command: list[str]  # arguments to python
+    expected: str
+    damage: Callable[[Path], None] = field(default=lambda ws: None)
+    env: dict[str, str] = field(default_factory=dict)
+    exit_code: int = 1
+
+
+def stage(name: str) -> list[str]:
+    return ["-m", f"stages.{name}"]
+
+
+def predict(*args: str) -> list[str]:
+    return ["-m", "mlpipe.predict", *args]
+
+
+def params_edit(old: str, new: str) -> Callable[[Path], None]:
+    def edit(ws: Path) -> None:
+        text = (ws / "params.yaml").read_text()
+        assert old in text, old
+        (ws / "params.yaml").write_text(text.replace(old, new, 1))
+
+    return edit
+
+
+def truncate(relative: str) -> Callable[[Path], None]:
+    def cut(ws: Path) -> None:
+        path = ws / relative
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return cut
+
+
+def flip(relative: str) -> Callable[[Path], None]:
+    def damage(ws: Path) -> None:
+        data = bytearray((ws / relative).read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+        (ws / relative).write_bytes(bytes(data))
+
+    return damage
+
+
+def write(relative: str, text: str) -> Callable[[Path], None]:
+    def put(ws: Path) -> None:
+        (ws / relative).write_text(text)
+
+    return put
+
+
+def remove(relative: str) -> Callable[[Path], None]:
+    def delete(ws: Path) -> None:
+        path = ws / relative
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return delete
+
+
+def replace_with_file(relative: str) -> Callable[[Path], None]:
+    def block(ws: Path) -> None:
+        shutil.rmtree(ws / relative)
+        (ws / relative).write_text("a file where a folder should be")
+
+    return block
+
+
+def lambda_model(ws: Path) -> None:
+    import keras
+
+    inputs = keras.Input((28, 28), dtype="uint8")
+    outputs = keras.layers.Lambda(lambda x: keras.ops.cast(x, "float32") / 255.0)(inputs)
+    keras.Model(inputs, outputs).save(ws / "models/model.keras")
+
+
+def image(name: str, make: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    def create(ws: Path) -> None:
+        if make is not None:
+            make(ws / name)
+
+    return create
+
+
+def bomb(path: Path) -> None:
+    Image.new("1", (12_000, 12_000)).save(path)
+
+
+def cut_png(path: Path) -> None:
+    Image.new("L", (200, 200), 200).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def blank_png(path: Path) -> None:
+    Image.new("L", (64, 64), 255).save(path)
+
+
+CASES = [
+    # params.yaml
+    Case(
+        "params-negative-epochs",
+        stage("preprocess"),
+        "train.epochs must be a positive integer (got -1)",
+        params_edit("epochs: 2", "epochs: -1"),
+        exit_code=2,
+    ),
+    Case(
+        "params-unknown-key",
+        stage("preprocess"),
+        "train.epoch is not a known key",
+        params_edit("epochs: 2", "epochs: 2\n  epoch: 3"),
+        exit_code=2,
+    ),
+    Case(
+        "params-string-batch",
+        stage("preprocess"),
+        "train.batch_size must be a positive integer (got 'big')",
+        params_edit("batch_size: 16", "batch_size: big"),
+        exit_code=2,
+    ),
+    Case(
+        "params-unknown-optimizer",
+        stage("preprocess"),
+        "train.optimizer must be one of sgd, adam, rmsprop",
+        params_edit("optimizer: sgd", "optimizer: lbfgs"),
+        exit_code=2,
+    ),
+    Case(
+        "params-unknown-dataset",
+        stage("download"),
+        "base.dataset must be one of mnist",
+        params_edit("dataset: mnist", "dataset: imagenet"),
+        exit_code=2,
+    ),
+    Case(
+        "params-missing-key",
+        stage("preprocess"),
+        "preprocess.validation_split is missing",
+        params_edit("validation_split: 0.1", "other: 0.1"),
+        exit_code=2,
+    ),
+    Case(
+        "params-bad-yaml",
+        stage("preprocess"),
+        "params.yaml: not valid YAML at line",
+        params_edit("base:", "base: [unclosed"),
+        exit_code=2,
+    ),
+    Case(
+        "params-python-tag",
+        stage("preprocess"),
+        "params.yaml: not valid YAML",
+        params_edit("seed: 42", "seed: !!python/object/apply:os.getpid []"),
+        exit_code=2,
+    ),
+    Case(
+        "params-file-missing",
+        stage("preprocess"),
+        "params.yaml: not found",
+        remove("params.yaml"),
+        exit_code=2,
+    ),
+    Case(
+        "params-split-out-of-range",
+        stage("preprocess"),
+        "preprocess.validation_split must be a fraction",
+        params_edit("validation_split: 0.1", "validation_split: 1.5"),
+        exit_code=2,
+    ),
+    # data files
+    Case(
+        "raw-truncated",
+        stage("preprocess"),
+        "mnist.npz: changed since it was downloaded",
+        truncate("data/raw/mnist/mnist.npz"),
+    ),
+    Case(
+        "raw-flipped",
+        stage("preprocess"),
+        "mnist.npz: changed since it was downloaded",
+        flip("data/raw/mnist/mnist.npz"),
+    ),
+    Case(
+        "raw-manifest-missing",
+        stage("preprocess"),
+        "SHA256SUMS: missing or unreadable",
+        remove("data/raw/mnist/SHA256SUMS"),
+    ),
+    Case("raw-missing", stage("preprocess"), "run the download stage first", remove("data/raw")),
+    Case(
+        "processed-truncated",
+        stage("train"),
+        "train.npz: truncated or corrupt",
+        truncate("data/processed/train.npz"),
+    ),
+    Case(
+        "processed-missing",
+        stage("train"),
+        "train.npz: missing; run the preprocess stage first",
+        remove("data/processed/train.npz"),
+    ),
+    Case(
+        "processed-wrong-shape",
+        stage("evaluate"),
+        "test.npz: expected uint8 images of shape (28, 28)",
+        lambda ws: write_processed(ws, shape=(32, 32, 3)),
+    ),
+    Case(
+        "history-garbage",
+        stage("plot"),
+        "history.csv: lacks columns",
+        write("reports/history.csv", "x\n1\n"),
+    ),
+    Case(
+        "run-info-corrupt",
+        stage("evaluate"),
+        "run.json: unreadable",
+        write("models/run.json", "{not json"),
+    ),
+    # model files
+    Case(
+        "model-truncated",
+        stage("evaluate"),
+        "damaged Keras archive",
+        truncate("models/model.keras"),
+    ),
+    Case(
+        "model-not-keras",
+        stage("evaluate"),
+        "not a Keras archive",
+        write("models/model.keras", "hello"),
+    ),
+    Case(
+        "model-lambda", stage("evaluate"), "refused, the model holds a Lambda layer", lambda_model
+    ),
+    Case(
+        "predict-model-corrupt",
+        predict("digit.png", "--model", "models/model.keras"),
+        "damaged Keras archive",
+        lambda ws: (
+            truncate("models/model.keras")(ws),
+            Image.new("L", (40, 40), 255).save(ws / "digit.png"),
+        ),
+    ),
+    Case(
+        "predict-model-uri-unknown",
+        predict("digit.png", "--model", "models:/nothing@champion"),
+        "model models:/nothing@champion not found",
+        lambda ws: Image.new("L", (40, 40), 0).save(ws / "digit.png"),
+    ),
+    # image files
+    Case("image-missing", predict("nope.png"), "nope.png: no such file"),
+    Case(
+        "image-not-an-image",
+        predict("notes.png"),
+        "not an image Pillow can read",
+        write("notes.png", "just text"),
+    ),
+    Case(
+        "image-truncated",
+        predict("cut.png"),
+        "truncated or corrupt image",
+        image("cut.png", cut_png),
+    ),
+    Case("image-bomb", predict("bomb.png"), "far too large for a digit", image("bomb.png", bomb)),
+    Case("image-blank", predict("blank.png"), "no digit found", image("blank.png", blank_png)),
+    # environment
+    Case(
+        "mirror-nowhere",
+        stage("download"),
+        "DATA_MIRROR=/nonexistent/mirror is not a directory",
+        remove("data/raw"),
+        env={"DATA_MIRROR": "/nonexistent/mirror"},
+    ),
+    Case(
+        "mirror-corrupt-file",
+        stage("download"),
+        "sha256 differs and the content cannot be read",
+        lambda ws: (
+            remove("data/raw")(ws),
+            (ws / "mirror").mkdir(),
+            (ws / "mirror/mnist.npz").write_text("junk"),
+        ),
+        env={"DATA_MIRROR": "mirror", "HTTPS_PROXY": "http://127.0.0.1:9"},
+    ),
+    Case(
+        "tracking-server-down",
+        stage("train"),
+        "MLflow tracking server http://127.0.0.1:9",
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+    ),
+    Case(
+        "output-folder-blocked",
+        stage("preprocess"),
+        "data/processed: a file stands where a folder is needed",
+        replace_with_file("data/processed"),
+    ),
+    Case("disk-full", ["-c", ENOSPC_PREPROCESS], "no space left on device; free some space"),
+]
+
+
+def snapshot(ws: Path) -> dict[str, str]:
+    """Content hash of every file but the tracking store (which records failed runs too)."""
+    skip = ("mlflow.db", "mlartifacts/")
+    return {
+        str(path.relative_to(ws)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(ws.rglob("*"))
+        if path.is_file() and not str(path.relative_to(ws)).startswith(skip)
+    }
+
+
+@pytest.fixture(scope="module")
+def complete(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace after every stage has run once on tiny data."""
+    ws = tmp_path_factory.mktemp("complete")
+    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+    write_raw(ws / "data/raw/mnist", "mnist")
+    write_processed(ws)
+    set_params(ws, **QUICK)
+    for name in ("train", "evaluate", "plot"):
+        result = run_stage(ws, name)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return ws
+
+
+def test_there_are_at_least_25_cases() -> None:
+    assert len(CASES) >= 25
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input(case: Case, complete: Path, tmp_path: Path) -> None:
+    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
+    case.damage(ws)
+    before = snapshot(ws)
+    result = subprocess.run(
+        [sys.executable, *case.command],
+        cwd=ws,
+        env=stage_env(**case.env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == case.exit_code, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert case.expected in lines[0]
+    assert "Traceback" not in result.stderr
+    after = snapshot(ws)
+    added = sorted(set(after) - set(before))
+    changed = sorted(name for name in set(before) & set(after) if before[name] != after[name])
+    assert added == [] and changed == [], (added, changed)

@@ -1,0 +1,302 @@
+"""Faults injected on purpose: kills, races, a store that goes away, and bad input everywhere.
+
+Each test says which fault it injects and what a user must see: one line that names the
+problem, a non-zero exit, no traceback, and nothing half-written under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    QUICK,
+    REPO,
+    client_for,
+    error_lines,
+    files_under,
+    run_stage,
+    stage_env,
+)
+from tests.fakes import set_params, write_processed
+
+pytestmark = pytest.mark.reliability
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# --- Interruption -----------------------------------------------------------------------------
+
+
+def test_kill_9_mid_training_leaves_nothing_and_next_start_closes_the_run(workspace: Path) -> None:
+    write_processed(workspace, n=600)
+    set_params(workspace, train__epochs=500, train__batch_size=8, model__hidden_units=[16])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=workspace,
+        env=stage_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    for line in process.stderr:
+        if "epoch 2/500" in line:
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert files_under(workspace / "models") == []  # no temp file either: nothing was saved yet
+    assert files_under(workspace / "reports") == []
+    client = client_for(workspace)
+    assert [r.info.status for r in client.search_runs(["1"])] == ["RUNNING"]
+    # The next start of any stage, even one that never tracks, closes it.
+    result = run_stage(workspace, "preprocess", timeout=60)
+    assert "left RUNNING by a process that died; marked KILLED" in result.stderr
+    assert [r.info.status for r in client.search_runs(["1"])] == ["KILLED"]
+    # And training again just works.
+    set_params(workspace, **QUICK)
+    assert run_stage(workspace, "train").returncode == 0
+
+
+def test_run_of_a_live_process_is_not_closed(workspace: Path) -> None:
+    """Orphan detection checks the owner is gone: a concurrent stage's run stays RUNNING."""
+    from mlpipe import tracking
+
+    os.chdir(workspace)
+    client, experiment = tracking.connect("keras-tutorial")
+    alive = client.create_run(experiment, tags=tracking.owner_tags())
+    orphan = client.create_run(
+        experiment, tags={**tracking.owner_tags(), tracking.TAG_PID: str(dead_pid())}
+    )
+    assert tracking.close_orphaned_runs(client, experiment) == [orphan.info.run_id]
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+
+
+def test_stale_temp_file_of_a_killed_writer_is_removed(tmp_path: Path) -> None:
+    from mlpipe.atomic import temp_sibling, write_text
+
+    final = tmp_path / "metrics.json"
+    stale = temp_sibling(final, pid=dead_pid())
+    stale.write_text("{half")
+    write_text(final, "{}\n")
+    assert files_under(tmp_path) == ["metrics.json"]
+
+
+# --- Concurrency ------------------------------------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from mlpipe import tracking
+    start = float(sys.argv[1])
+    while time.time() < start:
+        time.sleep(0.005)
+    client, experiment = tracking.connect("race")
+    with tracking.tracked_run(client, experiment, tracking.owner_tags()) as tracker:
+        for epoch in range(1, 21):
+            tracker.log_metrics({"loss": 1 / epoch, "accuracy": epoch / 20}, step=epoch)
+        try:
+            client.create_registered_model("race-model")
+        except Exception:
+            pass  # another process created it first
+        version = client.create_model_version("race-model", "file:///tmp/x", run_id=tracker.run_id)
+        print("VERSION", version.version)
+    """
+)
+
+
+def test_four_processes_on_an_empty_store_at_once(workspace: Path) -> None:
+    start = time.time() + 3  # all four import first, then start together
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(start)],
+            cwd=workspace,
+            env=stage_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=180) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-2000:]
+        assert "database is locked" not in stderr
+    versions = sorted(
+        int(line.split()[1])
+        for out, _ in outputs
+        for line in out.splitlines()
+        if line.startswith("VERSION")
+    )
+    assert versions == [1, 2, 3, 4]  # distinct versions for concurrent registrations
+    client = client_for(workspace)
+    experiment = client.get_experiment_by_name("race")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"] * 4
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(
+            range(1, 21)
+        )
+
+
+# --- Tracking server --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    env = stage_env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    import requests
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    stop_server(server)
+    pytest.fail("mlflow server did not start")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_real_tracking_server_then_server_lost_mid_run(workspace: Path, tmp_path: Path) -> None:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    try:
+        write_processed(workspace)
+        set_params(workspace, **QUICK)
+        first = run_stage(workspace, "train", MLFLOW_TRACKING_URI=uri)
+        assert first.returncode == 0, first.stderr[-3000:]
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        info = json.loads((workspace / "models/run.json").read_text())
+        assert client.get_run(info["run_id"]).info.status == "FINISHED"
+        assert client.get_model_version("keras-tutorial-mnist", "1").run_id == info["run_id"]
+
+        # Now the server goes away during a long run.
+        write_processed(workspace, n=600)
+        set_params(workspace, train__epochs=500, train__batch_size=8)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stages.train"],
+            cwd=workspace,
+            env=stage_env(MLFLOW_TRACKING_URI=uri),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for line in process.stderr:
+            if "epoch 2/500" in line:
+                break
+        stop_server(server)
+        lost_at = time.monotonic()
+        _, rest = process.communicate(timeout=120)
+        assert time.monotonic() - lost_at < 60
+        assert process.returncode == 1
+        assert "Traceback" not in rest
+        assert len(error_lines(rest)) == 1
+        assert files_under(workspace / "models") == []
+
+        # Back up again: the run can simply be re-run.
+        server = start_server(tmp_path, port)
+        set_params(workspace, **QUICK)
+        again = run_stage(workspace, "train", MLFLOW_TRACKING_URI=uri)
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.slow
+def test_readme_mlflow_ui_binds_loopback(tmp_path: Path) -> None:
+    import requests
+
+    readme = (REPO / "README.md").read_text()
+    commands = [
+        line.strip() for line in readme.splitlines() if line.strip().startswith("mlflow ui")
+    ]
+    assert commands, "README gives no mlflow ui command"
+    for command in commands:
+        assert "--host 127.0.0.1" in command
+    port = free_port()
+    args = commands[0].split()
+    args[args.index("--port") + 1] = str(port)
+    env = stage_env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", *args[1:]],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow ui did not start")
+        import psutil
+
+        listening = {
+            c.laddr.ip
+            for c in psutil.net_connections("tcp")
+            if c.laddr and c.laddr.port == port and c.status == "LISTEN"
+        }
+        assert listening == {"127.0.0.1"}
+    finally:
+        stop_server(ui)
