@@ -57,10 +57,13 @@ def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
     signal.signal(signal.SIGTERM, _raise_terminated)
     log = logging.getLogger(name)
     try:
+        from mlpipe.timing import bookkeeping, write_report
         from mlpipe.tracking import close_orphans_in_workspace
 
-        close_orphans_in_workspace()
+        with bookkeeping():
+            close_orphans_in_workspace()
         main()
+        write_report(name)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -165,12 +165,16 @@ class RawSplits:
 _IDX_UBYTE = 0x08
 
 
-def idx_encode(array: np.ndarray) -> bytes:
+def idx_header(array: np.ndarray) -> bytes:
     if array.dtype != np.uint8:
         raise ValueError(f"IDX encoding here is for uint8 arrays (got {array.dtype})")
-    header = struct.pack(">HBB", 0, _IDX_UBYTE, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    return header + np.ascontiguousarray(array).tobytes()
+    return struct.pack(">HBB", 0, _IDX_UBYTE, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+
+
+def idx_encode(array: np.ndarray) -> bytes:
+    return idx_header(array) + np.ascontiguousarray(array).tobytes()
 
 
 def idx_decode(data: bytes, source: str) -> np.ndarray:
@@ -193,8 +197,13 @@ def idx_decode(data: bytes, source: str) -> np.ndarray:
 
 
 def content_md5(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """MD5 of each array's canonical IDX encoding."""
-    return {name: hashlib.md5(idx_encode(array)).hexdigest() for name, array in arrays.items()}
+    """MD5 of each array's canonical IDX encoding, without building the encoding in memory."""
+    digests = {}
+    for name, array in arrays.items():
+        digest = hashlib.md5(idx_header(array))
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        digests[name] = digest.hexdigest()
+    return digests
 
 
 def sha256_file(path: Path) -> str:

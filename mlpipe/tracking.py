@@ -14,14 +14,15 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from mlpipe.errors import Terminated, TrackingError
 from mlpipe.paths import ROOT, workspace_root
+from mlpipe.timing import bookkeeping
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -109,7 +110,7 @@ class Tracker:
     experiment_id: str
     seconds: float = 0.0
     calls: int = 0
-    _started: float = field(default_factory=time.perf_counter)
+    _pending: Any = None  # the last batch queued for the background writer
 
     @contextmanager
     def timed(self) -> Iterator[None]:
@@ -136,12 +137,30 @@ class Tracker:
             )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
         with self.timed():
-            self.client.log_batch(self.run_id, metrics=batch)
+            self.client.log_batch(self.run_id, metrics=_metrics(metrics, step))
+
+    def log_metrics_in_background(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue metrics for MLflow's background writer, so training never waits on the store.
+
+        The previous batch must have landed by now (an epoch has passed): waiting for it here
+        costs nothing, and a store that went away is reported one epoch late, not at the end.
+        """
+        with self.timed():
+            self._wait()
+            self._pending = self.client.log_batch(
+                self.run_id, metrics=_metrics(metrics, step), synchronous=False
+            )
+
+    def flush(self) -> None:
+        """Wait until every queued batch is written; raise if one failed."""
+        with self.timed():
+            self._wait()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.wait()
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         with self.timed():
@@ -158,12 +177,24 @@ class Tracker:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def _metrics(metrics: Mapping[str, float], step: int | None) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+
+
 def connect(experiment_name: str) -> tuple[MlflowClient, str]:
     """A client for the tracking store and the id of the experiment, created if need be.
 
     A new experiment gets an explicit artifact location in the workspace, since MLflow fixes it
     at creation: a relative default would follow the current folder into DVC's temp copies.
     """
+    with bookkeeping():
+        return _connect(experiment_name)
+
+
+def _connect(experiment_name: str) -> tuple[MlflowClient, str]:
     uri = tracking_uri()
     if urlparse(uri).scheme in ("http", "https"):
         _bound_http_retries()
@@ -266,8 +297,9 @@ def data_digest(paths: list[Path]) -> str:
     from mlpipe.datasets import sha256_file
 
     digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    with bookkeeping():
+        for path in sorted(paths):
+            digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -309,6 +341,10 @@ def tracked_run(
         status = "KILLED"
         raise
     finally:
+        if status != "FINISHED":
+            # Land what was queued before the failure, if the store (maybe what failed) allows.
+            with suppress(Exception):
+                tracker._wait()
         try:
             mlflow.end_run(status)
         except Exception as exc:  # The store may be the thing that failed; say so, keep the error.

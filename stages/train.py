@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import sys
+import time
 
 from mlpipe.atomic import atomic_paths, json_text
 from mlpipe.cli import run_stage
@@ -22,6 +23,7 @@ from mlpipe.config import STAGE_PARAMS, ConfigError, flatten, load_params
 from mlpipe.data import load_split, processed_files
 from mlpipe.datasets import SPECS
 from mlpipe.paths import HISTORY_FILE, MODEL_FILE, RUN_INFO_FILE
+from mlpipe.timing import record
 from mlpipe.tracking import connect, data_digest, run_tags, tracked_run, tracking_uri
 
 log = logging.getLogger("train")
@@ -99,13 +101,22 @@ def main() -> None:
         tracker.log_metrics({"trainable_params": trainable_parameters(model)})
         tracker.log_text(summary, "model_summary.txt")
 
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            started = time.perf_counter()
+            tracker.log_metrics_in_background(metrics, step=epoch)
+            record("epoch_logging_s", time.perf_counter() - started)
+
         result = train(
             model,
             params.train,
             (x_train, y_train, x_val, y_val),
             spec.num_classes,
-            on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
+            on_epoch=log_epoch,
         )
+        tracker.flush()
+        record("fit_s", result.fit_seconds)
+        record("samples_trained", len(x_train) * len(result.history))
+        record("epochs", len(result.history))
         model.save(model_temp)
         history_csv = pd.DataFrame(result.history).to_csv(index=False)
         history_temp.write_text(history_csv, encoding="utf-8")

@@ -42,7 +42,9 @@ def saved(figure, tmp_path: Path, name: str = "figure.png") -> Image.Image:
 @pytest.mark.parametrize("images", [GRAY, COLOUR], ids=["gray", "colour"])
 def test_sample_grid(tmp_path: Path, images: np.ndarray) -> None:
     figure = figures.sample_grid(images, LABELS, SPECS["cifar10"].class_names, side=3)
-    assert figure.axes[0].get_title() == "airplane"
+    labels = [text.get_text() for text in figure.axes[0].texts]
+    assert labels == [SPECS["cifar10"].class_names[i] for i in LABELS[:9]]
+    assert figure.axes[0].get_title() == "9 sample training images"
     image = saved(figure, tmp_path)
     assert 200 <= image.width <= 2000 and 200 <= image.height <= 2000
 
@@ -96,3 +98,12 @@ def test_no_mistakes_still_makes_a_figure(tmp_path: Path) -> None:
     )
     assert "The 0 most" in figure._suptitle.get_text()
     saved(figure, tmp_path)
+
+
+def test_mosaic_places_each_tile_below_its_label_gap() -> None:
+    tiles = np.stack([np.full((2, 3), value, np.uint8) for value in (10, 20, 30, 40)])
+    tiled = figures.mosaic(tiles, side=2, row_gap=1, column_gap=1)
+    assert tiled.shape == (6, 8)
+    assert tiled[0].tolist() == [255] * 8  # the label gap above the first row
+    assert tiled[1, :3].tolist() == [10] * 3 and tiled[1, 4:7].tolist() == [20] * 3
+    assert tiled[4, :3].tolist() == [30] * 3 and tiled[4, 4:7].tolist() == [40] * 3

@@ -1,0 +1,314 @@
+"""Benchmark: the pipeline against the bare tutorial doing the same work.
+
+Run by hand from the repository root, with the data mirror (about 15 minutes on 2 cores):
+
+    DATA_MIRROR=../shared/data .venv/bin/python benchmarks/run.py [--rounds 3]
+
+It works in a fresh copy of the project under benchmarks/work/ and writes
+benchmarks/results.csv (one row per measurement) and benchmarks/RESULTS.md (a summary with
+the machine, the versions and the targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import project_copy  # noqa: E402
+from tests.fakes import set_params  # noqa: E402
+
+HERE = REPO / "benchmarks"
+STAGES = ("download", "preprocess", "train", "evaluate", "plot")
+OUTPUT_FOLDERS = ("data/raw", "data/processed", "models", "reports")
+
+
+@dataclass
+class Row:
+    measure: str
+    value: float
+    unit: str
+    target: str = ""
+    met: str = ""
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.update(extra)
+    return env
+
+
+def timed(
+    command: list[str], cwd: Path, **extra: str
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        command, cwd=cwd, env=environment(**extra), capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        )
+    return elapsed, result
+
+
+def clean(repo: Path) -> None:
+    """No outputs, no DVC cache or lock, an empty tracking store: the state of a fresh clone."""
+    for folder in OUTPUT_FOLDERS:
+        for path in (repo / folder).glob("*"):
+            if path.name != ".gitignore":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in ("mlflow.db", "mlflow.db-wal", "mlflow.db-shm", "mlflow.db.lock", "dvc.lock"):
+        (repo / name).unlink(missing_ok=True)
+    for folder in ("mlartifacts", ".dvc/cache", ".dvc/tmp"):
+        shutil.rmtree(repo / folder, ignore_errors=True)
+
+
+def dvc_repro(repo: Path, **extra: str) -> tuple[float, list[str]]:
+    elapsed, result = timed([sys.executable, "-m", "dvc", "repro"], repo, **extra)
+    ran = [
+        line.split("'")[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("Running stage '")
+    ]
+    return elapsed, ran
+
+
+def baseline(mirror: Path) -> tuple[float, dict]:
+    elapsed, result = timed(
+        [sys.executable, str(HERE / "baseline.py"), str(mirror / "mnist.npz")], REPO
+    )
+    return elapsed, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def import_seconds(stderr: str) -> float:
+    """Total of the top-level cumulative times that `-X importtime` reports."""
+    total_us = 0
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.split("|")
+            if not name.startswith("  ") and cumulative.strip().isdigit():
+                total_us += int(cumulative)
+    return total_us / 1e6
+
+
+def per_stage(repo: Path, mirror: Path, timings: Path) -> list[dict]:
+    """Each stage run on its own, in order, with its imports, bookkeeping and peak memory."""
+    rows = []
+    for stage in STAGES:
+        elapsed, result = timed(
+            [sys.executable, "-m", f"stages.{stage}"],
+            repo,
+            PYTHONPATH=str(repo),
+            PYTHONPROFILEIMPORTTIME="1",
+            DATA_MIRROR=str(mirror),
+            MLPIPE_TIMINGS_DIR=str(timings),
+        )
+        report = json.loads((timings / f"{stage}.json").read_text())
+        imports = import_seconds(result.stderr)
+        heavy = [m for m in ("tensorflow", "keras") if f"| {m}\n" in result.stderr + "\n"]
+        rows.append(
+            {
+                "stage": stage,
+                "wall_s": elapsed,
+                "peak_rss_mb": report["peak_rss_mb"],
+                "imports_s": imports,
+                "bookkeeping_s": report["bookkeeping_s"],
+                "work_s": max(elapsed - imports - report["bookkeeping_s"], 0.0),
+                "imports_tensorflow": bool(heavy),
+                **{
+                    k: v
+                    for k, v in report.items()
+                    if k in ("fit_s", "samples_trained", "epochs", "epoch_logging_s")
+                },
+            }
+        )
+    return rows
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="baseline / dvc repro alternations")
+    args = parser.parse_args()
+    mirror = Path(os.environ.get("DATA_MIRROR", REPO.parent / "shared" / "data")).resolve()
+    if not (mirror / "mnist.npz").is_file():
+        raise SystemExit(f"no mnist.npz in {mirror}; set DATA_MIRROR")
+    work = HERE / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    repo = project_copy(work / "clone")
+    rows: list[Row] = []
+    started = time.perf_counter()
+
+    # Baseline and end to end, alternated: these machines are noisy.
+    base_times, repro_times, base_reports = [], [], []
+    for round_number in range(args.rounds):
+        elapsed, report = baseline(mirror)
+        base_times.append(elapsed)
+        base_reports.append(report)
+        clean(repo)
+        elapsed, ran = dvc_repro(repo, DATA_MIRROR=str(mirror))
+        assert ran == list(STAGES), ran
+        repro_times.append(elapsed)
+        print(
+            f"round {round_number + 1}: baseline {base_times[-1]:.1f} s, dvc repro {elapsed:.1f} s",
+            flush=True,
+        )
+    base_median, repro_median = statistics.median(base_times), statistics.median(repro_times)
+    ratio = repro_median / base_median
+    rows += [
+        Row("baseline (bare tutorial script), median", base_median, "s"),
+        Row("dvc repro from a clean state, median", repro_median, "s"),
+        Row("end-to-end ratio to baseline", ratio, "x", "<= 1.25", str(ratio <= 1.25)),
+        Row("baseline test accuracy", base_reports[0]["test_accuracy"], ""),
+    ]
+
+    # Per stage.
+    stages = per_stage(repo, mirror, work / "timings")
+    for stage in stages:
+        name = stage["stage"]
+        rows += [
+            Row(f"{name}: wall time", stage["wall_s"], "s"),
+            Row(f"{name}: imports", stage["imports_s"], "s"),
+            Row(f"{name}: bookkeeping (hashing, MLflow)", stage["bookkeeping_s"], "s"),
+            Row(f"{name}: real work", stage["work_s"], "s"),
+            Row(
+                f"{name}: peak memory",
+                stage["peak_rss_mb"],
+                "MB",
+                "< 2048",
+                str(stage["peak_rss_mb"] < 2048),
+            ),
+        ]
+        if name in ("download", "preprocess", "plot"):
+            rows.append(
+                Row(
+                    f"{name}: imports TensorFlow",
+                    float(stage["imports_tensorflow"]),
+                    "bool",
+                    "0",
+                    str(not stage["imports_tensorflow"]),
+                )
+            )
+    train = next(s for s in stages if s["stage"] == "train")
+    share = train["bookkeeping_s"] / train["wall_s"]
+    rows.append(
+        Row(
+            "train: MLflow bookkeeping share of the stage",
+            100 * share,
+            "%",
+            "< 2",
+            str(share < 0.02),
+        )
+    )
+    ours = train["samples_trained"] / train["fit_s"]
+    theirs = statistics.median(r["samples_trained"] / r["fit_s"] for r in base_reports)
+    rows += [
+        Row("training throughput, train stage", ours, "samples/s"),
+        Row("training throughput, baseline model.fit", theirs, "samples/s"),
+        Row("throughput ratio", ours / theirs, "x", ">= 0.95", str(ours / theirs >= 0.95)),
+        Row("MLflow logging per epoch", 1000 * train["epoch_logging_s"] / train["epochs"], "ms"),
+    ]
+
+    # Incremental.
+    noop = statistics.median(dvc_repro(repo)[0] for _ in range(3))
+    rows.append(Row("no-op dvc repro", noop, "s", "< 2", str(noop < 2)))
+    set_params(repo, plot__wrong_count=9)
+    elapsed, ran = dvc_repro(repo)
+    rows.append(
+        Row(
+            f"plot-only change (reran {'+'.join(ran)})",
+            elapsed,
+            "s",
+            "< 10, plot only",
+            str(elapsed < 10 and ran == ["plot"]),
+        )
+    )
+    set_params(repo, train__epochs=21)
+    elapsed, ran = dvc_repro(repo)
+    rows.append(Row(f"train.epochs change (reran {'+'.join(ran)})", elapsed, "s"))
+    set_params(repo, train__epochs=20, plot__wrong_count=16)
+
+    # Growth with the size of the training set.
+    sizes = []
+    for fraction in (0.1, 0.3, 1.0):
+        set_params(repo, preprocess__train_fraction=fraction)
+        clean(repo)
+        elapsed, _ = dvc_repro(repo, DATA_MIRROR=str(mirror))
+        sizes.append((fraction, elapsed))
+        rows.append(Row(f"dvc repro, train_fraction {fraction}", elapsed, "s"))
+    slope, intercept = _line(sizes)
+    rows += [
+        Row("growth: seconds per 100% of the training set", slope, "s"),
+        Row("growth: fixed overhead (intercept)", intercept, "s"),
+    ]
+    set_params(repo, preprocess__train_fraction=1.0)
+    write(rows, stages, time.perf_counter() - started)
+
+
+def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    xs, ys = zip(*points, strict=True)
+    mean_x, mean_y = statistics.mean(xs), statistics.mean(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x in xs)
+    return slope, mean_y - slope * mean_x
+
+
+def write(rows: list[Row], stages: list[dict], seconds: float) -> None:
+    with open(HERE / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["measure", "value", "unit", "target", "met"])
+        for row in rows:
+            writer.writerow([row.measure, f"{row.value:.4g}", row.unit, row.target, row.met])
+    versions = ", ".join(
+        f"{name} {version(name)}" for name in ("tensorflow", "keras", "dvc", "mlflow", "numpy")
+    )
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        f"- Versions: {versions}",
+        f"- Date: {time.strftime('%Y-%m-%d')}; the benchmark took {seconds / 60:.1f} minutes",
+        "",
+        "| measure | value | unit | target | met |",
+        "|---|---|---|---|---|",
+        *(f"| {r.measure} | {r.value:.4g} | {r.unit} | {r.target} | {r.met} |" for r in rows),
+        "",
+        "## Per stage",
+        "",
+        "| stage | wall s | imports s | bookkeeping s | real work s | peak MB |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {s['stage']} | {s['wall_s']:.2f} | {s['imports_s']:.2f} | {s['bookkeeping_s']:.2f} "
+            f"| {s['work_s']:.2f} | {s['peak_rss_mb']:.0f} |"
+            for s in stages
+        ),
+        "",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
