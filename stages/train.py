@@ -75,7 +75,7 @@ def main() -> None:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mlpipe.models import build_model, summary_text, train, trainable_parameters
+    from mlpipe.models import build_model, summary_text, train, train_scan, trainable_parameters
 
     keras.utils.set_random_seed(params.base.seed)
     model = build_model(params.model, spec.image_shape, spec.num_classes, params.base.seed)
@@ -106,13 +106,13 @@ def main() -> None:
             tracker.log_metrics_in_background(metrics, step=epoch)
             record("epoch_logging_s", time.perf_counter() - started)
 
-        result = train(
-            model,
-            params.train,
-            (x_train, y_train, x_val, y_val),
-            spec.num_classes,
-            on_epoch=log_epoch,
-        )
+        data = (x_train, y_train, x_val, y_val)
+        if params.train.loop == "scan":
+            result = train_scan(
+                model, params.train, data, spec.num_classes, params.base.seed, on_epoch=log_epoch
+            )
+        else:
+            result = train(model, params.train, data, spec.num_classes, on_epoch=log_epoch)
         tracker.flush()
         record("fit_s", result.fit_seconds)
         record("samples_trained", len(x_train) * len(result.history))

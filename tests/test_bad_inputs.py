@@ -198,6 +198,13 @@ CASES = [
         exit_code=2,
     ),
     Case(
+        "params-scan-needs-jax",
+        stage("train"),
+        "train.loop scan needs KERAS_BACKEND=jax",
+        params_edit("loop: fit", "loop: scan"),
+        exit_code=2,
+    ),
+    Case(
         "params-split-out-of-range",
         stage("preprocess"),
         "preprocess.validation_split must be a fraction",
