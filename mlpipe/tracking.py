@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from mlpipe.errors import Terminated, TrackingError
-from mlpipe.paths import ROOT, workspace_root
-from mlpipe.timing import bookkeeping
+from mlpipe.errors import DataError, Terminated, TrackingError
+from mlpipe.paths import ROOT, RUN_INFO_FILE, workspace_root
+from mlpipe.timing import bookkeeping, record
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -125,8 +125,11 @@ class Tracker:
                 f"MLflow tracking store {tracking_uri()} failed: {_reason(exc)}"
             ) from None
         finally:
-            self.seconds += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds += elapsed
             self.calls += 1
+            record("bookkeeping_s", elapsed)
+            record("mlflow_calls_s", elapsed)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -190,8 +193,13 @@ def connect(experiment_name: str) -> tuple[MlflowClient, str]:
     A new experiment gets an explicit artifact location in the workspace, since MLflow fixes it
     at creation: a relative default would follow the current folder into DVC's temp copies.
     """
+    import mlflow  # noqa: F401 - imported here so its import time is not counted as bookkeeping
+
+    started = time.perf_counter()
     with bookkeeping():
-        return _connect(experiment_name)
+        connected = _connect(experiment_name)
+    record("mlflow_connect_s", time.perf_counter() - started)
+    return connected
 
 
 def _connect(experiment_name: str) -> tuple[MlflowClient, str]:
@@ -392,3 +400,20 @@ def close_orphans_in_workspace() -> None:
     client = MlflowClient(tracking_uri=tracking_uri())
     for experiment in client.search_experiments():
         close_orphaned_runs(client, experiment.experiment_id)
+
+
+def read_run_info() -> dict[str, Any]:
+    """The train stage's record of its MLflow run (models/run.json), checked."""
+    import json
+
+    try:
+        info = json.loads(RUN_INFO_FILE.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{RUN_INFO_FILE}: missing; run the train stage first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{RUN_INFO_FILE}: unreadable ({exc}); run the train stage again") from None
+    needed = {"run_id", "experiment_name", "registered_model_name", "registered_model_version"}
+    missing = needed - set(info) if isinstance(info, dict) else needed
+    if missing:
+        raise DataError(f"{RUN_INFO_FILE}: lacks {sorted(missing)}; run the train stage again")
+    return info

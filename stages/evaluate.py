@@ -12,7 +12,6 @@ Run: `dvc repro evaluate`, or `python -m stages.evaluate` from the repository ro
 
 from __future__ import annotations
 
-import json
 import logging
 
 from mlpipe.atomic import atomic_paths, json_text
@@ -20,30 +19,17 @@ from mlpipe.cli import run_stage
 from mlpipe.config import load_params
 from mlpipe.data import load_split
 from mlpipe.datasets import SPECS
-from mlpipe.errors import DataError, ModelError
+from mlpipe.errors import ModelError
 from mlpipe.paths import (
     CONFUSION_FILE,
     METRICS_FILE,
     MODEL_FILE,
     PER_CLASS_FILE,
     PREDICTIONS_FILE,
-    RUN_INFO_FILE,
 )
+from mlpipe.tracking import read_run_info
 
 log = logging.getLogger("evaluate")
-
-
-def read_run_info() -> dict:
-    try:
-        info = json.loads(RUN_INFO_FILE.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{RUN_INFO_FILE}: missing; run the train stage first") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{RUN_INFO_FILE}: unreadable ({exc}); run the train stage again") from None
-    missing = {"run_id", "registered_model_name", "registered_model_version"} - set(info)
-    if missing:
-        raise DataError(f"{RUN_INFO_FILE}: lacks {sorted(missing)}; run the train stage again")
-    return info
 
 
 def main() -> None:
@@ -85,7 +71,7 @@ def main() -> None:
         metrics["test_samples"],
     )
 
-    client, _ = connect(info.get("experiment_name", params.mlflow.experiment_name))
+    client, _ = connect(info["experiment_name"])
     outputs = (METRICS_FILE, PER_CLASS_FILE, CONFUSION_FILE, PREDICTIONS_FILE)
     with attached_run(client, info["run_id"]) as tracker, atomic_paths(*outputs) as temps:
         metrics_temp, per_class_temp, confusion_temp, predictions_temp = temps

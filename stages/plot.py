@@ -12,6 +12,7 @@ Run: `dvc repro plot`, or `python -m stages.plot` from the repository root.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from mlpipe.paths import CONFUSION_FILE, FIGURES_DIR, HISTORY_FILE, PREDICTIONS_
 log = logging.getLogger("plot")
 
 
-def read_table(path, columns: set[str]) -> pd.DataFrame:
+def read_table(path: Path, columns: set[str]) -> pd.DataFrame:
     try:
         table = pd.read_csv(path)
     except FileNotFoundError:
@@ -100,18 +101,11 @@ def main() -> None:
     log_to_run(finals)
 
 
-def log_to_run(paths) -> None:
-    """Attach the figures to the MLflow run that trained the model, when it is known."""
-    from mlpipe.paths import RUN_INFO_FILE
+def log_to_run(paths: list[Path]) -> None:
+    """Attach the figures to the MLflow run that trained the model."""
+    from mlpipe.tracking import attached_run, connect, read_run_info
 
-    if not RUN_INFO_FILE.is_file():
-        log.warning("%s missing; figures not logged to MLflow", RUN_INFO_FILE)
-        return
-    import json
-
-    from mlpipe.tracking import attached_run, connect
-
-    info = json.loads(RUN_INFO_FILE.read_text(encoding="utf-8"))
+    info = read_run_info()
     client, _ = connect(info["experiment_name"])
     with attached_run(client, info["run_id"]) as tracker:
         for path in paths:

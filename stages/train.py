@@ -67,7 +67,6 @@ def main() -> None:
     client, experiment_id = connect(params.mlflow.experiment_name)
 
     # Heavy imports only now that params, data and the tracking store are known to be good.
-    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
     import keras
     import mlflow
     import numpy as np

@@ -256,6 +256,12 @@ CASES = [
         write("reports/history.csv", "x\n1\n"),
     ),
     Case(
+        "plot-run-info-corrupt",
+        stage("plot"),
+        "run.json: unreadable",
+        write("models/run.json", "[1, 2"),
+    ),
+    Case(
         "run-info-corrupt",
         stage("evaluate"),
         "run.json: unreadable",
