@@ -145,3 +145,82 @@ def run_git(repo: Path, *args: str) -> str:
     return subprocess.run(
         [*git, *args], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
+
+
+def long_training(workspace: Path, **env: str) -> subprocess.Popen[str]:
+    """Start a train stage that would run for minutes; return once its second epoch ended.
+
+    Its own process group, so a test can signal the stage and everything it started.
+    """
+    from tests.fakes import set_params, write_processed
+
+    write_processed(workspace, n=600)
+    set_params(workspace, train__epochs=500, train__batch_size=8, model__hidden_units=[16])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=workspace,
+        env=stage_env(**env),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if "epoch 2/500" in line:
+            return process
+    process.wait()
+    pytest.fail("training ended before its second epoch:\n" + "".join(seen)[-3000:])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve(
+    command: list[str], cwd: Path, health_url: str, timeout: float = 120, **env: str
+) -> subprocess.Popen:
+    """Start a server (its own process group) and wait until `health_url` answers 200."""
+    import time
+
+    import requests
+
+    environment = stage_env(**env)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    server = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # servers fork workers: stop the whole group at the end
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"{' '.join(command[:4])} exited with {server.returncode} before answering")
+        try:
+            if requests.get(health_url, timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    stop(server)
+    pytest.fail(f"{' '.join(command[:4])} did not answer {health_url} within {timeout:.0f} s")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop a server started by `serve`, and its workers."""
+    import signal
+
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,8 +23,12 @@ from tests.conftest import (
     client_for,
     error_lines,
     files_under,
+    free_port,
+    long_training,
     run_stage,
+    serve,
     stage_env,
+    stop,
 )
 from tests.fakes import set_params, write_processed
 
@@ -42,19 +45,7 @@ def dead_pid() -> int:
 
 
 def test_kill_9_mid_training_leaves_nothing_and_next_start_closes_the_run(workspace: Path) -> None:
-    write_processed(workspace, n=600)
-    set_params(workspace, train__epochs=500, train__batch_size=8, model__hidden_units=[16])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stages.train"],
-        cwd=workspace,
-        env=stage_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    for line in process.stderr:
-        if "epoch 2/500" in line:
-            break
+    process = long_training(workspace)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert files_under(workspace / "models") == []  # no temp file either: nothing was saved yet
@@ -70,11 +61,13 @@ def test_kill_9_mid_training_leaves_nothing_and_next_start_closes_the_run(worksp
     assert run_stage(workspace, "train").returncode == 0
 
 
-def test_run_of_a_live_process_is_not_closed(workspace: Path) -> None:
+def test_run_of_a_live_process_is_not_closed(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Orphan detection checks the owner is gone: a concurrent stage's run stays RUNNING."""
     from mlpipe import tracking
 
-    os.chdir(workspace)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
     client, experiment = tracking.connect("keras-tutorial")
     alive = client.create_run(experiment, tags=tracking.owner_tags())
     orphan = client.create_run(
@@ -155,57 +148,23 @@ def test_four_processes_on_an_empty_store_at_once(workspace: Path) -> None:
 # --- Tracking server --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(folder: Path, port: int) -> subprocess.Popen:
-    env = stage_env()
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination",
-            str(folder / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    import requests
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                return server
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    stop_server(server)
-    pytest.fail("mlflow server did not start")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+    """A real `mlflow server` on loopback with a SQLite backend."""
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'server.db'}",
+        "--artifacts-destination",
+        str(folder / "server-artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return serve(command, folder, f"http://127.0.0.1:{port}/health")
 
 
 @pytest.mark.slow
@@ -226,19 +185,8 @@ def test_real_tracking_server_then_server_lost_mid_run(workspace: Path, tmp_path
         assert client.get_model_version("keras-tutorial-mnist", "1").run_id == info["run_id"]
 
         # Now the server goes away during a long run.
-        write_processed(workspace, n=600)
-        set_params(workspace, train__epochs=500, train__batch_size=8)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "stages.train"],
-            cwd=workspace,
-            env=stage_env(MLFLOW_TRACKING_URI=uri),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for line in process.stderr:
-            if "epoch 2/500" in line:
-                break
-        stop_server(server)
+        process = long_training(workspace, MLFLOW_TRACKING_URI=uri)
+        stop(server)
         lost_at = time.monotonic()
         _, rest = process.communicate(timeout=120)
         assert time.monotonic() - lost_at < 60
@@ -253,12 +201,11 @@ def test_real_tracking_server_then_server_lost_mid_run(workspace: Path, tmp_path
         again = run_stage(workspace, "train", MLFLOW_TRACKING_URI=uri)
         assert again.returncode == 0, again.stderr[-3000:]
     finally:
-        stop_server(server)
+        stop(server)
 
 
 @pytest.mark.slow
 def test_readme_mlflow_ui_binds_loopback(tmp_path: Path) -> None:
-    import requests
 
     readme = (REPO / "README.md").read_text()
     commands = [
@@ -270,26 +217,10 @@ def test_readme_mlflow_ui_binds_loopback(tmp_path: Path) -> None:
     port = free_port()
     args = commands[0].split()
     args[args.index("--port") + 1] = str(port)
-    env = stage_env()
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", *args[1:]],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    ui = serve(
+        [sys.executable, "-m", "mlflow", *args[1:]], tmp_path, f"http://127.0.0.1:{port}/health"
     )
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow ui did not start")
         import psutil
 
         listening = {
@@ -299,4 +230,4 @@ def test_readme_mlflow_ui_binds_loopback(tmp_path: Path) -> None:
         }
         assert listening == {"127.0.0.1"}
     finally:
-        stop_server(ui)
+        stop(ui)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import QUICK, client_for, error_lines, files_under, run_stage, stage_env
+from tests.conftest import QUICK, client_for, error_lines, files_under, long_training, run_stage
 from tests.fakes import set_params, write_processed
 
 
@@ -69,23 +67,10 @@ def test_second_training_is_a_new_version(trained: Path) -> None:
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_training_ends_run_killed(workspace: Path, signum: int, code: int) -> None:
-    write_processed(workspace, n=600)
-    set_params(workspace, train__epochs=500, train__batch_size=8, model__hidden_units=[16])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stages.train"],
-        cwd=workspace,
-        env=stage_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    for line in process.stderr:
-        lines.append(line)
-        if "epoch 2/500" in line:
-            break
+    process = long_training(workspace)
     process.send_signal(signum)
     _, rest = process.communicate(timeout=60)
-    assert process.returncode == code, "".join(lines) + rest
+    assert process.returncode == code, rest
     runs = client_for(workspace).search_runs(["1"])
     assert [run.info.status for run in runs] == ["KILLED"]
     assert files_under(workspace / "models") == []
