@@ -69,7 +69,3 @@ def write_text(path: Path, text: str) -> None:
 def json_text(data: Any) -> str:
     """JSON with sorted keys, two-space indent and a trailing newline, so diffs stay stable."""
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json_text(data))
