@@ -87,6 +87,22 @@ def trainable_parameters(model: keras.Model) -> int:
     return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
 
 
+def _end_epoch(
+    rows: list[dict[str, float]],
+    epoch: int,
+    epochs: int,
+    metrics: dict[str, float],
+    seconds: float,
+    hook: EpochHook | None,
+) -> None:
+    """Record one epoch's row, log its one line, and hand its metrics to `hook` (MLflow)."""
+    rows.append({"epoch": epoch, **metrics, "seconds": seconds})
+    shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+    log.info("epoch %d/%d  %s  (%.2f s)", epoch, epochs, shown, seconds)
+    if hook is not None:
+        hook(epoch, metrics)
+
+
 class _EpochCallback(keras.callbacks.Callback):
     """One log line per epoch, and the epoch's metrics handed to `hook` (MLflow)."""
 
@@ -103,11 +119,7 @@ class _EpochCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = {key: float(logs[key]) for key in HISTORY_KEYS if logs and key in logs}
         seconds = time.perf_counter() - self._started
-        self.rows.append({"epoch": epoch + 1, **metrics, "seconds": seconds})
-        shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
-        log.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, shown, seconds)
-        if self.hook is not None:
-            self.hook(epoch + 1, metrics)
+        _end_epoch(self.rows, epoch + 1, self.epochs, metrics, seconds, self.hook)
 
 
 @dataclass(frozen=True)
@@ -233,12 +245,7 @@ def train_scan(
             "val_loss": float(val_loss),
             "val_accuracy": float(val_accuracy),
         }
-        seconds = time.perf_counter() - began
-        rows.append({"epoch": index + 1, **metrics, "seconds": seconds})
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        log.info("epoch %d/%d  %s  (%.3f s)", index + 1, params.epochs, shown, seconds)
-        if on_epoch is not None:
-            on_epoch(index + 1, metrics)
+        _end_epoch(rows, index + 1, params.epochs, metrics, time.perf_counter() - began, on_epoch)
         if params.early_stopping_patience:
             if metrics["val_loss"] < best:
                 best, best_state, waited = metrics["val_loss"], state, 0
