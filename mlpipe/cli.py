@@ -73,6 +73,13 @@ def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
     except Terminated:
         log.error("terminated; no output was left half-written")
         sys.exit(EXIT_TERMINATED)
+    except MemoryError:
+        print(
+            "error: out of memory; make the model (model.hidden_units, model.conv_filters) or "
+            "the batches (train.batch_size, evaluate.batch_size) smaller",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except OSError as exc:
         # Disk full, permission denied, a file where a folder should be: the user's to fix.
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)

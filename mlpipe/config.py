@@ -116,6 +116,22 @@ class Params(_Section):
     evaluate: EvaluateParams
     plot: PlotParams
 
+    @model_validator(mode="after")
+    def _convolutions_fit_the_images(self) -> Params:
+        if self.model.type != "cnn":
+            return self
+        from mlpipe.datasets import SPECS
+
+        side = min(SPECS[self.base.dataset].image_shape[:2])
+        blocks = max(side.bit_length() - 1, 0)  # each block halves the image, rounding down
+        if len(self.model.conv_filters) > blocks:
+            raise ValueError(
+                f"model.conv_filters has {len(self.model.conv_filters)} blocks, each halving "
+                f"the image; {self.base.dataset}'s {side}x{side} images allow at most {blocks} "
+                f"(got {_show(self.model.conv_filters)})"
+            )
+        return self
+
     @property
     def registered_model_name(self) -> str:
         """The registry name: one registered model per dataset, so champions never mix."""
@@ -168,17 +184,31 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+SHOWN_CHARS = 80  # error lines quote at most this much of a value or key
+
+
 def _show(value: Any) -> str:
-    return (
-        repr(value)
-        if isinstance(value, str)
-        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-    )
+    try:
+        text = (
+            repr(value)
+            if isinstance(value, str)
+            else yaml.safe_dump(value, default_flow_style=True, width=1 << 20)
+            .strip()
+            .removesuffix("...")
+            .strip()
+        )
+    except (yaml.YAMLError, RecursionError):
+        text = repr(value)
+    return _clip(text)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def _describe(error: dict[str, Any], source: str) -> str:
     loc = tuple(error["loc"])
-    key = ".".join(str(part) for part in loc)
+    key = _clip(".".join(str(part) for part in loc))
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(loc))
@@ -209,7 +239,11 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and validate the params file. Only `yaml.safe_load` is used: no Python tags."""
+    """Read and validate the params file as DVC reads it: YAML 1.2, duplicate keys refused.
+
+    DVC parses params.yaml with ruamel.yaml's safe loader; so does this, so `1e-3` is a number
+    and `yes` a string to both, and `dvc exp show` never disagrees with the run.
+    """
     source = path.name
     try:
         text = path.read_text(encoding="utf-8")
@@ -219,14 +253,23 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot be read ({exc})") from None
+    return parse_params(parse_yaml(text, source), source)
+
+
+def parse_yaml(text: str, source: str = "params.yaml") -> Any:
+    """YAML 1.2 with ruamel.yaml's safe loader, exactly as DVC loads params files."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        return YAML(typ="safe").load(text)
+    except YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: not valid YAML{line}: {problem}") from None
-    return parse_params(raw, source)
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML{line}: {_clip(problem)}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{source}: nested too deeply to be a params file") from exc
 
 
 def flatten(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipe.datasets import RawSplits
+from mlpipe.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,13 @@ def preprocess(
         x, y = x[keep], y[keep]
     # A different stream from the subsampling one, so the two choices are independent.
     train, val = stratified_split(y, validation_split, seed + 1)
+    for part, count in (("validation", len(val)), ("training", len(train))):
+        if count == 0:
+            raise ConfigError(
+                f"params.yaml: preprocess.train_fraction {train_fraction} with "
+                f"preprocess.validation_split {validation_split} leaves {len(y)} training "
+                f"images and an empty {part} set; raise train_fraction or change validation_split"
+            )
     return Processed(
         x_train=x[train],
         y_train=y[train],

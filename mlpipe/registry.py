@@ -1,16 +1,26 @@
-"""Model promotion with registry aliases: `challenger` is the newest, `champion` the best."""
+"""Model promotion with registry aliases: `challenger` is the newest, `champion` the best.
+
+Two evaluate stages may finish together (`dvc queue start -j 2`). Promotion is therefore a
+compare-and-set under the store's lock, re-checked after setting: a promoter that finds another
+holder after its own write compares again, so a worse model never keeps `champion`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mlpipe.errors import TrackingError
+from mlpipe.store import store_lock
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ACCURACY_TAG = "test_accuracy"
+MAX_ATTEMPTS = 5  # compare-and-set rounds before giving up on a store that keeps changing
 
 
 @dataclass(frozen=True)
@@ -27,12 +37,29 @@ def promote(client: MlflowClient, name: str, version: int, accuracy: float) -> D
     """
     from mlflow.exceptions import MlflowException
 
-    client.set_model_version_tag(name, str(version), ACCURACY_TAG, f"{accuracy:.6f}")
-    client.set_registered_model_alias(name, CHALLENGER, str(version))
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
+    with store_lock(client.tracking_uri):
+        try:
+            client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            raise TrackingError(
+                f"registered model {name} version {version} (from models/run.json) is not in "
+                "the registry (deleted?); run the train stage again"
+            ) from exc
+        client.set_model_version_tag(name, str(version), ACCURACY_TAG, f"{accuracy:.6f}")
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
+        for _ in range(MAX_ATTEMPTS):
+            decision = _compare_and_set(client, name, version, accuracy)
+            holder = _champion(client, name)
+            # Re-check: another machine's promoter may have written between our read and write.
+            if holder is not None and (
+                int(holder.version) == version or _accuracy(holder) >= accuracy
+            ):
+                return decision
+    raise TrackingError(f"{name}: {CHAMPION} kept changing under promotion; run evaluate again")
+
+
+def _compare_and_set(client: MlflowClient, name: str, version: int, accuracy: float) -> Decision:
+    champion = _champion(client, name)
     if champion is not None and int(champion.version) == version:
         return Decision(True, f"version {version} already holds {CHAMPION}")
     if champion is None:
@@ -42,7 +69,7 @@ def promote(client: MlflowClient, name: str, version: int, accuracy: float) -> D
             f"no version held {CHAMPION}; version {version} takes it "
             f"with test accuracy {accuracy:.4f}",
         )
-    best = float(champion.tags.get(ACCURACY_TAG, "-inf"))
+    best = _accuracy(champion)
     if accuracy > best:
         client.set_registered_model_alias(name, CHAMPION, str(version))
         return Decision(
@@ -55,3 +82,19 @@ def promote(client: MlflowClient, name: str, version: int, accuracy: float) -> D
         f"version {version} (test accuracy {accuracy:.4f}) does not beat {CHAMPION} version "
         f"{champion.version} ({best:.4f}); it stays {CHALLENGER}",
     )
+
+
+def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _accuracy(version: ModelVersion) -> float:
+    try:
+        return float(version.tags.get(ACCURACY_TAG, "-inf"))
+    except ValueError:
+        return float("-inf")

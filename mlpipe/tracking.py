@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -21,7 +22,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from mlpipe.errors import DataError, Terminated, TrackingError
-from mlpipe.paths import ROOT, RUN_INFO_FILE, workspace_root
+from mlpipe.paths import ROOT, RUN_INFO_FILE
+from mlpipe.store import (
+    artifact_root,
+    describe_error,
+    prepare,
+    shown_uri,
+    sqlite_path,
+    store_label,
+    store_lock,
+    tracking_uri,
+    use_store,
+)
 from mlpipe.timing import bookkeeping, record
 
 if TYPE_CHECKING:
@@ -34,24 +46,6 @@ TAG_PID = "mlpipe.pid"
 TAG_PID_STARTED = "mlpipe.pid_started"
 SERVER_CHECK_TIMEOUT_S = 5.0
 SQLITE_LOCK_TIMEOUT_S = 120.0
-
-
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the workspace's own SQLite file, as an absolute URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri
-    return f"sqlite:///{workspace_root() / 'mlflow.db'}"
-
-
-def artifact_root() -> str:
-    return (workspace_root() / "mlartifacts").as_uri()
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
 
 
 def _bound_http_retries() -> None:
@@ -73,32 +67,54 @@ def check_server(uri: str) -> None:
         if isinstance(exc, requests.HTTPError):
             reason = f"HTTP {exc.response.status_code}"
         raise TrackingError(
-            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable ({reason}); "
-            "start it, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
-        ) from None
+            f"MLflow tracking server {shown_uri(uri)} (MLFLOW_TRACKING_URI) is not reachable "
+            f"({reason}); start it, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        ) from exc
 
 
-@contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise first contact with a SQLite store: schema creation and experiment creation.
+def check_database(uri: str) -> None:
+    """Reach a database store (PostgreSQL, MySQL) within seconds, or say why not in one line.
 
-    Several processes opening an empty mlflow.db at once would race to create its tables; the
-    lock makes one do it while the others wait. WAL lets readers and a writer work together.
+    MLflow itself retries a refused connection for about two minutes before it gives up.
     """
-    path = _sqlite_path(uri)
-    if path is None:
-        yield
-        return
-    from filelock import FileLock, Timeout
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(f"{path}.lock", timeout=SQLITE_LOCK_TIMEOUT_S):
-            with sqlite3.connect(path, timeout=60) as connection:
-                connection.execute("PRAGMA journal_mode=WAL")
-            yield
-    except Timeout:
-        raise TrackingError(f"{path}.lock: held by another process for over 2 minutes") from None
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, connect_args=_connect_timeout(uri))
+    except ImportError as exc:
+        raise TrackingError(
+            f"MLflow store {shown_uri(uri)}: its database driver is not installed "
+            f"({exc.name or exc}); pip install -r requirements.txt"
+        ) from exc
+    except Exception as exc:
+        raise TrackingError(f"MLflow store {shown_uri(uri)}: {_first_line(exc)}") from exc
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        reason = _first_line(getattr(exc, "orig", None) or exc)
+        raise TrackingError(
+            f"MLflow store {shown_uri(uri)} is not reachable ({reason}); "
+            "start the database or check MLFLOW_TRACKING_URI"
+        ) from exc
+    finally:
+        engine.dispose()
+
+
+def _connect_timeout(uri: str) -> dict[str, int]:
+    if uri.startswith(("postgresql", "mysql")):
+        return {"connect_timeout": int(SERVER_CHECK_TIMEOUT_S)}
+    return {}
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, in one line, when the store behind `uri` cannot be used."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        _bound_http_retries()
+        check_server(uri)
+    elif scheme and scheme not in ("sqlite", "file", "databricks"):
+        check_database(uri)
 
 
 @dataclass
@@ -116,14 +132,15 @@ class Tracker:
     def timed(self) -> Iterator[None]:
         """Count the time of the MLflow calls inside; turn their failures into one line."""
         from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
 
         start = time.perf_counter()
         try:
             yield
-        except MlflowException as exc:
+        except (MlflowException, SQLAlchemyError) as exc:
             raise TrackingError(
-                f"MLflow tracking store {tracking_uri()} failed: {_reason(exc)}"
-            ) from None
+                f"MLflow tracking store {store_label()} failed: {describe_error(exc)}"
+            ) from exc
         finally:
             elapsed = time.perf_counter() - start
             self.seconds += elapsed
@@ -204,40 +221,30 @@ def connect(experiment_name: str) -> tuple[MlflowClient, str]:
 
 def _connect(experiment_name: str) -> tuple[MlflowClient, str]:
     uri = tracking_uri()
-    if urlparse(uri).scheme in ("http", "https"):
-        _bound_http_retries()
-        check_server(uri)
+    check_reachable(uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        with _store_lock(uri):
+        with store_lock(uri):
+            prepare(uri, write=True)
+            use_store(uri)
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is None:
-                # A tracking server chooses (and may proxy) its own artifact store.
-                location = artifact_root() if _sqlite_path(uri) else None
-                experiment_id = client.create_experiment(experiment_name, location)
+                # Explicit, in the workspace: MLflow fixes the location at creation, and a
+                # default would follow the current folder into DVC's temp copies.
+                experiment_id = client.create_experiment(experiment_name, artifact_root(uri))
             elif experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
                 experiment_id = experiment.experiment_id
             else:
                 experiment_id = experiment.experiment_id
-            # Touch the registry too, so its tables are created under the lock as well.
-            client.search_registered_models(max_results=1)
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow store {uri}: {_first_line(exc)}") from None
+    except (MlflowException, SQLAlchemyError) as exc:
+        raise TrackingError(f"MLflow store {store_label()}: {describe_error(exc)}") from exc
     close_orphaned_runs(client, experiment_id)
     return client, experiment_id
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful part of an MLflow error: the OS error if there is one, else its first line."""
-    import re
-
-    text = str(exc)
-    found = re.search(r"\[Errno -?\d+\][^\"')]*", text)
-    return found.group(0).strip() if found else _first_line(exc)[:300]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -300,6 +307,33 @@ def git_commit(root: Path = ROOT) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def run_name(client: MlflowClient, experiment_id: str, commit: str | None) -> str:
+    """A name people can tell apart: the DVC experiment's, else `<commit>-<n>`; never reused.
+
+    MLflow's own generator draws from `random`, which training seeds: every plain `dvc repro`
+    would get the same name. Call under the store lock, so runs starting together differ.
+    """
+    from mlflow.entities import ViewType
+
+    experiment = os.environ.get("DVC_EXP_NAME")
+    base = experiment or (commit[:7] if commit else "run")
+    quoted = base.replace("'", "''")
+    taken = {
+        run.info.run_name
+        for run in client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.run_name LIKE '{quoted}%'",
+            run_view_type=ViewType.ALL,
+            max_results=50_000,
+        )
+    }
+    if experiment and base not in taken:
+        return base
+    pattern = re.compile(re.escape(base) + r"-(\d+)")
+    numbers = [int(found.group(1)) for name in taken if (found := pattern.fullmatch(name or ""))]
+    return f"{base}-{max(numbers, default=1 if experiment else 0) + 1}"
+
+
 def data_digest(paths: list[Path]) -> str:
     """One SHA-256 over the given files' names and contents: names the exact data a run saw."""
     from mlpipe.datasets import sha256_file
@@ -336,9 +370,10 @@ def tracked_run(
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
-    run = client.create_run(experiment_id, tags=dict(tags), run_name=os.environ.get("DVC_EXP_NAME"))
+    use_store(tracking_uri())
+    with store_lock(tracking_uri()):
+        name = run_name(client, experiment_id, tags.get("mlflow.source.git.commit"))
+        run = client.create_run(experiment_id, tags=dict(tags), run_name=name)
     tracker = Tracker(client, run.info.run_id, experiment_id)
     mlflow.start_run(run_id=run.info.run_id)
     status = "FAILED"
@@ -381,7 +416,7 @@ def close_orphans_in_workspace() -> None:
     A plain SQLite read tells whether there is anything to do, so stages that never track
     (download, preprocess) pay nothing for MLflow unless a run needs closing.
     """
-    path = _sqlite_path(tracking_uri())
+    path = sqlite_path(tracking_uri())
     if path is None or not path.is_file():
         return
     try:

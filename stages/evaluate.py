@@ -49,6 +49,7 @@ def main() -> None:
     import pandas as pd
 
     from mlpipe.evaluation import (
+        check_model_outputs,
         confusion_matrix,
         per_class_table,
         predictions_table,
@@ -57,7 +58,14 @@ def main() -> None:
     from mlpipe.registry import promote
     from mlpipe.tracking import attached_run, connect
 
+    if model.output_shape[-1] != spec.num_classes:
+        raise ModelError(
+            f"{MODEL_FILE}: gives {model.output_shape[-1]} outputs per image, but {spec.name} "
+            f"has {spec.num_classes} classes; run the train stage again"
+        )
     probabilities = model.predict(x_test, batch_size=params.evaluate.batch_size, verbose=0)
+    # Broken weights give NaN, which argmax would quietly read as class 0: never promote that.
+    check_model_outputs(probabilities, spec.num_classes, str(MODEL_FILE))
     metrics = summary_metrics(y_test, probabilities)
     predictions = predictions_table(y_test, probabilities)
     matrix = confusion_matrix(y_test, predictions["predicted"].to_numpy(), spec.num_classes)

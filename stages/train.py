@@ -14,8 +14,11 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from mlpipe.atomic import atomic_paths, json_text
 from mlpipe.cli import run_stage
@@ -62,6 +65,10 @@ def main() -> None:
             f"(got {os.environ.get('KERAS_BACKEND', 'tensorflow')}); use loop fit"
         )
     x_train, y_train = load_split("train", spec)
+    # Counted, not built: a model too large for memory is refused before any allocation.
+    from mlpipe.models import check_fits_in_memory
+
+    check_fits_in_memory(params.model, params.train, spec.image_shape, spec.num_classes)
     x_val, y_val = load_split("val", spec)
     digest = data_digest(processed_files())
     client, experiment_id = connect(params.mlflow.experiment_name)
@@ -74,6 +81,7 @@ def main() -> None:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    from mlpipe import serving
     from mlpipe.models import build_model, summary_text, train, train_scan, trainable_parameters
 
     keras.utils.set_random_seed(params.base.seed)
@@ -123,14 +131,19 @@ def main() -> None:
 
         example = x_val[:EXAMPLE_SIZE]
         tracker.log_text(json.dumps({"inputs": example.tolist()}), "serving_input_example.json")
+        # Numbers in, so the served model sees what was sent and can refuse [0, 1] floats
+        # rather than have MLflow cast them to zeros (mlpipe/serving.py).
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *spec.image_shape))]),
+            inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, *spec.image_shape))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.num_classes))]),
         )
-        with tracker.timed():
-            info = mlflow.keras.log_model(
-                model,
+        with tracker.timed(), tempfile.TemporaryDirectory(prefix="mlpipe-") as scratch:
+            # The artifact keeps the real file name, not the temp sibling's.
+            keras_file = str(shutil.copy(model_temp, Path(scratch) / MODEL_FILE.name))
+            info = mlflow.pyfunc.log_model(
                 name="model",
+                python_model=serving.__file__,
+                artifacts={serving.KERAS_ARTIFACT: keras_file},
                 signature=signature,
                 registered_model_name=params.registered_model_name,
                 pip_requirements=pip_requirements(),

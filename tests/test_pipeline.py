@@ -97,7 +97,7 @@ def test_champion_classifies_raw_real_digits(repro: tuple[Path, str]) -> None:
     model = mlflow.pyfunc.load_model("models:/keras-tutorial-mnist@champion")
     with np.load(MIRROR / "mnist.npz") as raw:
         x_test, y_test = raw["x_test"], raw["y_test"]
-    predicted = np.asarray(model.predict(x_test)).argmax(axis=1)
+    predicted = np.asarray(model.predict(x_test.astype(np.float64))).argmax(axis=1)
     assert float((predicted == y_test).mean()) == pytest.approx(metrics["test_accuracy"], abs=1e-4)
 
 

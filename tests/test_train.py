@@ -48,13 +48,13 @@ def test_registered_model_predicts_raw_images(trained: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{trained / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(info["registered_model_uri"])
     with np.load(trained / "data/processed/test.npz") as test:
-        probabilities = np.asarray(model.predict(test["x"]))
+        probabilities = np.asarray(model.predict(test["x"].astype(np.float64)))
         count = len(test["y"])
     assert probabilities.shape == (count, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
     # The example batch logged with the run is a valid serving request for this model.
     example = mlflow.artifacts.load_text(f"runs:/{info['run_id']}/serving_input_example.json")
-    batch = np.asarray(json.loads(example)["inputs"], dtype=np.uint8)
+    batch = np.asarray(json.loads(example)["inputs"], dtype=np.float64)
     assert np.asarray(model.predict(batch)).shape == (5, 10)
 
 

@@ -1,0 +1,374 @@
+"""The MLflow tracking store: where it is, and that it is sound before MLflow opens it.
+
+Runs go to `MLFLOW_TRACKING_URI` when set, otherwise to SQLite in `mlflow.db` at the root of
+the user's workspace (not of a DVC temp copy). A relative SQLite URI (`sqlite:///mlflow.db`)
+resolves against that same root, so a queued experiment's runs land where the user will look.
+Artifacts live in `mlartifacts/` beside the SQLite file.
+
+MLflow opens whatever file it is given and adds its tables to it; a kill while it does leaves a
+store that every later run rejects. So before MLflow sees a SQLite store, this module checks
+that the file is one (or creates it aside and renames it into place), that it can be written,
+and that no other process holds it locked; and it follows a workspace that was moved or copied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from mlpipe.atomic import temp_sibling
+from mlpipe.errors import TrackingError
+from mlpipe.paths import workspace_root
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+SQLITE_HEADER = b"SQLite format 3\x00"
+# MLflow's own tables: a SQLite file without them is someone else's database.
+MLFLOW_TABLES = ("alembic_version", "experiments", "runs")
+LOCK_TIMEOUT_S = 120.0  # how long a stage waits for another one creating the store
+BUSY_TIMEOUT_S = 30.0  # how long a stage waits for a write lock held by another process
+# Where MLflow keeps absolute artifact locations: rewritten when the workspace moved.
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+# The location of an experiment created by this pipeline: `<workspace>/mlartifacts`.
+_WORKSPACE_LOCATION = re.compile(rf"^(file://)?(/.*)/{ARTIFACTS_DIR}$")
+
+
+def tracking_uri() -> str:
+    """The store's URI, absolute: `MLFLOW_TRACKING_URI`, else the workspace's `mlflow.db`."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        return f"sqlite:///{workspace_root() / STORE_FILE}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        relative, _, query = uri.removeprefix("sqlite:///").partition("?")
+        if relative and not relative.startswith(":memory:"):
+            absolute = (workspace_root() / relative).resolve()
+            return f"sqlite:///{absolute}" + (f"?{query}" if query else "")
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a SQLite store URI; None for any other kind of store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside a SQLite file; a server chooses its own."""
+    path = sqlite_path(uri)
+    return (path.parent / ARTIFACTS_DIR).as_uri() if path is not None else None
+
+
+def shown_uri(uri: str) -> str:
+    """`uri` with any password replaced by `***`, fit for logs and error messages."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", uri)
+
+
+def store_label(uri: str | None = None) -> str:
+    """How messages name the store: its file for SQLite, its URI (no password) otherwise."""
+    uri = uri or tracking_uri()
+    path = sqlite_path(uri)
+    return str(path) if path is not None else shown_uri(uri)
+
+
+def use_store(uri: str) -> None:
+    """Point MLflow, and anything it starts, at the resolved store."""
+    import mlflow
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise, across processes, what must not interleave on one store (creation, promotion).
+
+    The lock file sits beside a SQLite store; for a server, in the workspace, which covers the
+    parallel jobs of one machine's DVC queue.
+    """
+    from filelock import FileLock, Timeout
+
+    path = sqlite_path(uri)
+    lock = Path(f"{path}.lock") if path else workspace_root() / ".dvc" / "tmp" / "mlflow.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock, timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise TrackingError(
+            f"{lock}: held by another process for over {LOCK_TIMEOUT_S:.0f} s; "
+            "wait for it, or remove the file if no pipeline is running"
+        ) from None
+
+
+def prepare(uri: str, *, write: bool = True) -> None:
+    """Make sure a SQLite store is sound before MLflow opens it; create it if `write`.
+
+    Raises TrackingError, naming the file, for anything that is not an MLflow store, a store
+    that cannot be written (when `write`), and one locked by another process past a bounded
+    wait. Other stores are left to MLflow.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    if path.is_dir():
+        raise TrackingError(f"{path}: is a directory, not an MLflow store; move it away")
+    state = inspect_store(path) if path.exists() else "absent"
+    if state == "absent" and not write:
+        raise TrackingError(f"{path}: no MLflow store here; run the pipeline first")
+    if state in ("absent", "empty", "incomplete"):
+        if state == "incomplete":
+            log.warning("%s: incomplete store without runs (a killed start); rebuilding it", path)
+        create(path, artifact_root(uri) or "")
+    if write:
+        check_writable(path)
+    relocate(path, write=write)
+
+
+def inspect_store(path: Path) -> str:
+    """`empty`, `mlflow`, or `incomplete` (MLflow's tables half made, no runs); else raise."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise TrackingError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if not header:
+        return "empty"
+    if header != SQLITE_HEADER:
+        raise TrackingError(
+            f"{path}: not a SQLite database, so not an MLflow store; move it away, or set "
+            "MLFLOW_TRACKING_URI to your store"
+        )
+    tables = _tables(path)
+    if all(name in tables for name in MLFLOW_TABLES):
+        return "mlflow"
+    if not tables & {*MLFLOW_TABLES, "registered_models", "model_versions"}:
+        raise TrackingError(
+            f"{path}: a SQLite database without MLflow's tables, not an MLflow store; "
+            "refusing to add them to it: move it away, or set MLFLOW_TRACKING_URI"
+        )
+    if "runs" in tables and _count(path, "runs"):
+        raise TrackingError(
+            f"{path}: an MLflow store with runs but without all of MLflow's tables "
+            f"(has {', '.join(sorted(tables))}); restore it from a backup"
+        )
+    return "incomplete"
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+
+
+def _tables(path: Path) -> set[str]:
+    try:
+        with closing(_connect_ro(path)) as connection:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return {name for (name,) in rows}
+    except sqlite3.Error as exc:
+        raise TrackingError(f"{path}: {describe_sqlite_error(exc)}") from exc
+
+
+def _count(path: Path, table: str) -> int:
+    with closing(_connect_ro(path)) as connection:
+        (count,) = connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    return int(count)
+
+
+def create(path: Path, artifacts: str) -> None:
+    """Create a store aside, then rename it into place: it exists whole or not at all."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_stores(path)
+    temp = temp_sibling(path)
+    temp.unlink(missing_ok=True)
+    uri = f"sqlite:///{temp}"
+    try:
+        try:
+            SqlAlchemyStore(uri, artifacts)
+        finally:
+            # Close MLflow's pooled connections to the temp file before it is renamed.
+            engine = SqlAlchemyStore._engine_map.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+        with closing(sqlite3.connect(temp)) as connection:
+            # WAL lets readers and a writer work at once (queued experiments, the UI).
+            connection.execute("PRAGMA journal_mode=WAL")
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        raise TrackingError(f"{path}: cannot create the store ({_os_reason(exc)})") from exc
+    except Exception as exc:
+        raise TrackingError(f"{path}: cannot create the store ({describe_error(exc)})") from exc
+    finally:
+        for leftover in (temp, *(Path(f"{temp}{end}") for end in ("-wal", "-shm", "-journal"))):
+            leftover.unlink(missing_ok=True)
+    log.info("created the MLflow store %s", path)
+
+
+def _remove_stale_stores(path: Path) -> None:
+    """Remove half-made stores, with their journals, of creators that were killed."""
+    import psutil
+
+    prefix = temp_sibling(path, pid=1).name.split("tmp1")[0] + "tmp"
+    for leftover in path.parent.glob(f"{prefix}*{path.suffix}*"):
+        owner = leftover.name[len(prefix) :].split(".", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+            leftover.unlink(missing_ok=True)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a read-only store, and wait a bounded time for another process's write lock."""
+    for target in (path, path.parent):
+        if not os.access(target, os.W_OK):
+            raise TrackingError(
+                f"{target}: read-only, and runs are written to {path}; make it writable "
+                "or set MLFLOW_TRACKING_URI to a store you can write"
+            )
+    try:
+        with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.rollback()
+    except sqlite3.Error as exc:
+        raise TrackingError(f"{path}: {describe_sqlite_error(exc)}") from exc
+
+
+def describe_sqlite_error(exc: BaseException) -> str:
+    """What a SQLite failure means for the user, on one line."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return (
+            f"locked by another process for over {BUSY_TIMEOUT_S:.0f} s; "
+            "wait for it to finish, or stop it"
+        )
+    if "disk is full" in text or "No space left" in text:
+        return "no space left on device; free some space and run again"
+    if "readonly" in text or "read-only" in text:
+        return "read-only; make it (and its folder) writable"
+    if "not a database" in text:
+        return "not a SQLite database, so not an MLflow store; move it away"
+    if "unable to open" in text:
+        return "cannot be opened; check that its folder exists and is writable"
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """The useful part of an MLflow or store error: the OS or SQLite reason, else line one."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\][^\"')]*", text)
+    if found:
+        return found.group(0).strip()
+    described = describe_sqlite_error(exc)
+    return described[:300]
+
+
+def _os_reason(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device; free some space and run again"
+    return exc.strerror or str(exc)
+
+
+def relocate(path: Path, *, write: bool = True) -> None:
+    """Follow a workspace that was moved or copied: point its store at its own artifacts.
+
+    MLflow records artifact locations as absolute paths. After `mv` or `cp -a` of a workspace,
+    they still name the old folder, where new runs would write and from where the champion
+    would (fail to) load. The store beside its artifacts is the workspace's own, so its
+    locations under the old folder are rewritten to the new one, in one transaction.
+    """
+    root = path.parent.resolve()
+    old_roots = {_workspace_of(location) for location in _experiment_locations(path)}
+    old_roots.discard(None)
+    old_roots.discard(root)
+    for old in sorted(old_roots):
+        if (old / STORE_FILE).exists() and (old / STORE_FILE).samefile(path):
+            continue  # The same folder under another name (a symlink): nothing moved.
+        if (old / ARTIFACTS_DIR).is_dir() and not (root / ARTIFACTS_DIR).is_dir():
+            raise TrackingError(
+                f"{path}: was moved from {old} without its {ARTIFACTS_DIR}/ folder; move "
+                f"{old / ARTIFACTS_DIR} to {root / ARTIFACTS_DIR} and run again"
+            )
+        if not write:
+            raise TrackingError(
+                f"{path}: its artifact locations name {old}, where it was before it was moved "
+                f"to {root}; run any pipeline stage once to update them"
+            )
+        changed = _rewrite_locations(path, old, root)
+        log.warning(
+            "%s: the workspace moved from %s to %s; %d artifact locations now point here",
+            path,
+            old,
+            root,
+            changed,
+        )
+
+
+def _workspace_of(location: str) -> Path | None:
+    """The workspace folder of an experiment location this pipeline made, else None."""
+    from urllib.parse import unquote
+
+    found = _WORKSPACE_LOCATION.match(location)
+    if found is None:
+        return None
+    return Path(unquote(found.group(2)) if found.group(1) else found.group(2))
+
+
+def _experiment_locations(path: Path) -> list[str]:
+    try:
+        with closing(_connect_ro(path)) as connection:
+            rows = connection.execute("SELECT artifact_location FROM experiments")
+            return [location for (location,) in rows if location]
+    except sqlite3.Error as exc:
+        raise TrackingError(f"{path}: {describe_sqlite_error(exc)}") from exc
+
+
+def _rewrite_locations(path: Path, old: Path, new: Path) -> int:
+    """Replace the `old` folder by `new` in every stored location, plain path or file URI."""
+    pairs = [(str(old), str(new)), (old.as_uri(), new.as_uri())]
+    changed = 0
+    try:
+        with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)) as connection:
+            columns = {
+                (table, column)
+                for table in {table for table, _ in LOCATION_COLUMNS}
+                for (_, column, *_) in connection.execute(f"PRAGMA table_info({table})")
+            }
+            missing = [f"{t}.{c}" for t, c in LOCATION_COLUMNS if (t, c) not in columns]
+            if missing:
+                raise TrackingError(
+                    f"{path}: moved from {old} to {new}, but this MLflow schema lacks "
+                    f"{', '.join(missing)}; move the workspace back to {old}"
+                )
+            with connection:
+                for table, column in LOCATION_COLUMNS:
+                    for before, after in pairs:
+                        changed += connection.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE {column} = ? OR {column} LIKE ? ESCAPE '\\'",
+                            (after, len(before) + 1, before, _like_prefix(before + "/")),
+                        ).rowcount
+    except sqlite3.Error as exc:
+        raise TrackingError(f"{path}: {describe_sqlite_error(exc)}") from exc
+    return changed
+
+
+def _like_prefix(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
