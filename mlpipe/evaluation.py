@@ -5,8 +5,34 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mlpipe.errors import ModelError
+
 # Keras clips probabilities by the same epsilon when it computes cross-entropy.
 EPSILON = 1e-7
+
+
+def check_model_outputs(probabilities: np.ndarray, num_classes: int, source: str) -> None:
+    """Refuse outputs no answer or metric may be built on, naming `source` (the model).
+
+    A wrong class count means the model belongs to another dataset; NaN or infinite values
+    come from broken weights, and argmax would silently turn them into class 0.
+    """
+    if probabilities.ndim != 2:
+        raise ModelError(
+            f"{source}: gives outputs of shape {probabilities.shape}, not one row of "
+            f"{num_classes} class probabilities per image"
+        )
+    if probabilities.shape[1] != num_classes:
+        raise ModelError(
+            f"{source}: gives {probabilities.shape[1]} outputs per image, but the dataset has "
+            f"{num_classes} classes; is it a model of another dataset?"
+        )
+    broken = int((~np.isfinite(probabilities)).any(axis=1).sum())
+    if broken:
+        raise ModelError(
+            f"{source}: gives NaN or infinite outputs for {broken} of {len(probabilities)} "
+            "images; its weights are broken"
+        )
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
