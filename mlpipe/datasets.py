@@ -30,13 +30,35 @@ KERAS_BUCKET = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a dataset as published: its name, canonical address and SHA-256."""
+    """One file of a dataset as published: its name, canonical address, SHA-256 and size.
+
+    The size bounds a download: a source that sends more is cut off rather than allowed to
+    fill the disk.
+    """
 
     name: str
     url: str
     sha256: str
+    # Bytes of the published file.
+    size: int
     # Where Keras's own `load_data()` caches it, relative to `<KERAS_HOME>/datasets/`.
     keras_cache: tuple[str, ...] = ()
+    # The largest copy accepted, where a mirror may re-pack the same content into other
+    # bytes (an uncompressed npz, say); None accepts nothing bigger than the published file.
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"{self.name}: size must be positive, got {self.size}")
+        if self.max_size is not None and self.max_size < self.size:
+            raise ValueError(
+                f"{self.name}: max_size {self.max_size} is below the published size {self.size}"
+            )
+
+    @property
+    def cap(self) -> int:
+        """The most bytes any source may deliver for this file."""
+        return self.max_size or self.size
 
 
 @dataclass(frozen=True)
@@ -63,7 +85,10 @@ MNIST = DatasetSpec(
             name="mnist.npz",
             url=KERAS_BUCKET + "mnist.npz",
             sha256="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+            size=11_490_434,
             keras_cache=("mnist.npz",),
+            # The same arrays stored uncompressed take about 55 MB; allow that re-packing.
+            max_size=64 * 2**20,
         ),
     ),
     image_shape=(28, 28),
@@ -77,19 +102,23 @@ MNIST = DatasetSpec(
 )
 
 # Keras does not pin these; the SHA-256s are those published with the files and used by other
-# dataset loaders (checked against two independent listings).
+# dataset loaders (checked against two independent listings), with the files' sizes in bytes.
 _FASHION_FILES = {
     "train-labels-idx1-ubyte.gz": (
-        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc"
+        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+        29_515,
     ),
     "train-images-idx3-ubyte.gz": (
-        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"
+        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+        26_421_880,
     ),
     "t10k-labels-idx1-ubyte.gz": (
-        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"
+        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+        5_148,
     ),
     "t10k-images-idx3-ubyte.gz": (
-        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229"
+        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+        4_422_102,
     ),
 }
 
@@ -101,9 +130,10 @@ FASHION_MNIST = DatasetSpec(
             name=name,
             url=KERAS_BUCKET + name,
             sha256=sha256,
+            size=size,
             keras_cache=(f"fashion-mnist/{name}",),
         )
-        for name, sha256 in _FASHION_FILES.items()
+        for name, (sha256, size) in _FASHION_FILES.items()
     ),
     image_shape=(28, 28),
     class_names=(
@@ -128,6 +158,7 @@ CIFAR10 = DatasetSpec(
             name="cifar-10-python.tar.gz",
             url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
             sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+            size=170_498_071,
             # Keras 3.x keeps the archive under this name; older versions used the second.
             keras_cache=("cifar-10-batches-py-target_archive", "cifar-10-batches-py.tar.gz"),
         ),
@@ -218,17 +249,111 @@ def sha256_file(path: Path) -> str:
 # Decoding each packaging.
 
 
-def read_mnist_npz(path: Path) -> dict[str, np.ndarray]:
+MNIST_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What one array of an npz declares, read without loading it."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    # Bytes the shape and dtype imply, and bytes the archive says follow the header.
+    declared_bytes: int
+    stored_bytes: int
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str) -> NpyHeader:
+    info = archive.getinfo(member)
+    with archive.open(info) as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"{member}: unknown .npy format version {version}")
+        header_bytes = handle.tell()
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    return NpyHeader(tuple(shape), dtype, declared, info.file_size - header_bytes)
+
+
+def npz_headers(path: Path, names: tuple[str, ...]) -> dict[str, NpyHeader]:
+    """The header of each named array in an npz, reading a few bytes of each.
+
+    This is what lets a checker refuse a wrong or hostile file before anything is allocated:
+    `np.load` allocates whatever shape a header declares before reading a byte of data.
+    """
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+        with zipfile.ZipFile(path) as archive:
+            missing = sorted(set(names) - {n.removesuffix(".npy") for n in archive.namelist()})
             if missing:
-                raise DataError(f"{path}: lacks arrays {sorted(missing)}")
-            return {name: archive[name] for name in ("x_train", "y_train", "x_test", "y_test")}
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+                raise DataError(f"{path}: not the dataset: lacks arrays {missing}")
+            return {name: _npy_header(archive, f"{name}.npy") for name in names}
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        ValueError,
+        OSError,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise DataError(
             f"{path}: not a readable .npz archive, truncated or corrupt ({exc})"
-        ) from None
+        ) from exc
+
+
+def _array_problem(name: str, header: NpyHeader, image_shape: tuple[int, ...]) -> str | None:
+    """Why this array cannot be the dataset's, or None when it could be."""
+    wanted = image_shape if name.startswith("x_") else ()
+    expected = f"uint8 {('N', *wanted)}".replace("'", "")
+    if header.dtype != np.uint8 or header.shape[1:] != wanted or not header.shape:
+        return f"{name} is {header.dtype} {header.shape}, expected {expected}"
+    if header.declared_bytes != header.stored_bytes:
+        return (
+            f"{name} declares {header.shape} ({header.declared_bytes} bytes) "
+            f"but holds {header.stored_bytes} bytes"
+        )
+    return None
+
+
+def check_mnist_npz(path: Path, image_shape: tuple[int, ...], max_bytes: int) -> None:
+    """Refuse, from the array headers alone, an npz that cannot hold the dataset.
+
+    Checks dtype, shape, that each header agrees with the bytes stored, and that all arrays
+    together fit in `max_bytes`; so a small file declaring a huge array costs nothing.
+    """
+    headers = npz_headers(path, MNIST_ARRAYS)
+    for name, header in headers.items():
+        problem = _array_problem(name, header, image_shape)
+        if problem:
+            raise DataError(f"{path}: not the dataset: {problem}")
+    for part in ("train", "test"):
+        images, labels = headers[f"x_{part}"].shape[0], headers[f"y_{part}"].shape[0]
+        if images != labels:
+            raise DataError(f"{path}: not the dataset: {labels} {part} labels for {images} images")
+    total = sum(header.declared_bytes for header in headers.values())
+    if total > max_bytes:
+        raise DataError(
+            f"{path}: not the dataset: its arrays hold {total} bytes, more than {max_bytes}"
+        )
+
+
+def read_mnist_npz(
+    path: Path,
+    image_shape: tuple[int, ...] = MNIST.image_shape,
+    max_bytes: int = MNIST.files[0].cap,
+) -> dict[str, np.ndarray]:
+    """The four arrays of a Keras-style mnist.npz, checked from their headers before loading."""
+    check_mnist_npz(path, image_shape, max_bytes)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in MNIST_ARRAYS}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error) as exc:
+        raise DataError(
+            f"{path}: not a readable .npz archive, truncated or corrupt ({exc})"
+        ) from exc
 
 
 def _read_idx_gz(path: Path) -> np.ndarray:

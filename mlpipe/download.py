@@ -3,21 +3,31 @@
 Sources, in order: the `DATA_MIRROR` folder or URL when set; Keras's own dataset cache, where a
 user who ran the tutorial already has the files; the canonical address. Every candidate is
 streamed to a temp file beside its final name, verified, and only then renamed into place.
+
+Each source is bounded, so a bad one costs little before the next is tried: in time (one
+deadline for all its attempts, and every socket operation under it), in size (nothing past the
+file's published or largest accepted size is written) and in memory (an npz is checked from
+its array headers before anything is loaded). Credentials in a mirror URL never reach a
+log line or an error.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from tqdm import tqdm
-from urllib3.util.retry import Retry
+from urllib3.util import Timeout
 
 from mlpipe.atomic import atomic_path, write_text
 from mlpipe.datasets import (
@@ -34,13 +44,23 @@ from mlpipe.errors import DataError, DownloadError
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "DATA_MIRROR"
+# All attempts at one source share one deadline, so a mirror that trickles or never answers
+# is given up in about a minute and the next source is tried. A big file gets longer, as long
+# as it arrives at MIN_BYTES_PER_S on average (CIFAR-10's 170 MB: about 160 s).
+SOURCE_DEADLINE_S = 60.0
+MIN_BYTES_PER_S = 1 << 20
+# Every connect and every read is bounded by these and by the time left before the deadline,
+# so a source is given up at most READ_TIMEOUT_S after its deadline.
 CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 30.0
-# Each retry waits BACKOFF_S * 2**(n - 1) seconds; with these values a dead network fails in
-# well under a minute: DNS and refused connections fail at once, silent hosts after timeouts.
+READ_TIMEOUT_S = 20.0
+# Each retry waits BACKOFF_S * 2**(n - 1) seconds, within the source's deadline.
 RETRIES = 3
 BACKOFF_S = 0.5
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Read what has arrived, at most this much at a time: the deadline is checked between reads,
+# and a compressed body is inflated no more than this at a time.
+CHUNK_BYTES = 1 << 16
+_USERINFO = re.compile(r"(?<=://)[^/\s]*@")
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,19 @@ class _NotThere(Exception):
     """The source simply does not hold the file; try the next one."""
 
 
+class _Retryable(Exception):
+    """A failure that may pass: a 5xx or 429, a dropped connection, a timeout, a body cut short."""
+
+
+class _Refused(Exception):
+    """A failure that retrying this source will not fix: try the next one."""
+
+
+def redact(text: str) -> str:
+    """`text` with every URL's `user:password@` masked, so credentials never reach a log."""
+    return _USERINFO.sub("***@", text)
+
+
 def keras_cache_dir() -> Path:
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home) / "datasets"
@@ -72,7 +105,7 @@ def mirror_location() -> str | None:
         return mirror.rstrip("/") + "/"
     path = Path(mirror.removeprefix("file://")).expanduser()
     if not path.is_dir():
-        raise DownloadError(f"{MIRROR_ENV}={mirror} is not a directory or an http(s) URL")
+        raise DownloadError(f"{MIRROR_ENV}={redact(mirror)} is not a directory or an http(s) URL")
     return str(path.resolve())
 
 
@@ -81,7 +114,7 @@ def sources(remote: RemoteFile) -> list[Source]:
     mirror = mirror_location()
     if mirror is not None:
         location = mirror + remote.name if "://" in mirror else str(Path(mirror) / remote.name)
-        found.append(Source(f"{MIRROR_ENV} ({mirror})", location))
+        found.append(Source(f"{MIRROR_ENV} ({redact(mirror)})", location))
     cache = keras_cache_dir()
     for relative in remote.keras_cache:
         found.append(Source(f"Keras cache ({cache})", str(cache / relative)))
@@ -90,65 +123,150 @@ def sources(remote: RemoteFile) -> list[Source]:
 
 
 def session() -> requests.Session:
-    """An HTTP session that retries connection errors, timeouts and 5xx, but never a 404."""
-    retry = Retry(
-        total=RETRIES,
-        connect=RETRIES,
-        read=RETRIES,
-        status=RETRIES,
-        backoff_factor=BACKOFF_S,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods={"GET"},
-        raise_on_status=True,
-    )
-    http = requests.Session()
-    http.mount("http://", HTTPAdapter(max_retries=retry))
-    http.mount("https://", HTTPAdapter(max_retries=retry))
-    return http
+    """An HTTP session that does not retry by itself: `_stream` retries, under one deadline.
+
+    urllib3's own retries would each restart the timeouts, multiplying the worst case, and
+    would log lines of their own beside ours; its remaining warnings are quieted too.
+    """
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    return requests.Session()
 
 
-def _stream(http: requests.Session, url: str, target: Path, name: str) -> None:
-    """Download `url` into `target`; a transfer cut short is retried, then reported."""
+def deadline_s(remote: RemoteFile) -> float:
+    """Seconds one source gets for `remote`, all its attempts together."""
+    return max(SOURCE_DEADLINE_S, remote.size / MIN_BYTES_PER_S)
+
+
+def _stream(http: requests.Session, url: str, target: Path, remote: RemoteFile) -> None:
+    """Download `url` into `target` before the source's deadline, retrying what may pass."""
+    shown = redact(url)
+    allowed = deadline_s(remote)
+    deadline = time.monotonic() + allowed
     for attempt in range(1, RETRIES + 2):
-        streaming = False
         try:
-            with http.get(url, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)) as reply:
-                streaming = True
-                if reply.status_code == 404:
-                    raise _NotThere(f"{url} answered 404 Not Found")
-                reply.raise_for_status()
-                expected = int(reply.headers.get("Content-Length", 0)) or None
-                received = 0
-                with (
-                    open(target, "wb") as out,
-                    tqdm(total=expected, unit="B", unit_scale=True, desc=name, disable=None) as bar,
-                ):
-                    for chunk in reply.iter_content(chunk_size=1 << 16):
-                        out.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-                if expected is not None and received != expected:
-                    raise requests.exceptions.ChunkedEncodingError(
-                        f"got {received} of {expected} bytes"
-                    )
-                return
-        except (
-            requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ConnectionError,
-        ) as exc:
-            # Connecting is retried inside urllib3; here we retry only bodies cut short.
-            if not streaming or attempt > RETRIES:
-                raise DownloadError(f"{url}: transfer failed ({_reason(exc)})") from None
-            log.warning("%s: transfer cut short (%s); retrying", url, _reason(exc))
-            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
-        except requests.exceptions.Timeout as exc:
-            raise DownloadError(f"{url}: timed out ({_reason(exc)})") from None
-        except requests.exceptions.HTTPError as exc:
-            raise DownloadError(
-                f"{url}: {exc.response.status_code} {exc.response.reason}"
-            ) from None
-        except requests.exceptions.RequestException as exc:
-            raise DownloadError(f"{url}: {_reason(exc)}") from None
+            _attempt(http, url, target, remote, deadline)
+            return
+        except _NotThere as exc:
+            raise _NotThere(f"{shown} {exc}") from exc
+        except _Refused as exc:
+            raise DownloadError(f"{shown}: {exc}") from exc
+        except _Retryable as exc:
+            delay = BACKOFF_S * 2 ** (attempt - 1)
+            if time.monotonic() + delay >= deadline:
+                raise DownloadError(
+                    f"{shown}: no complete file within {allowed:g} s ({exc}); too slow"
+                ) from exc
+            if attempt > RETRIES:
+                raise DownloadError(
+                    f"{shown}: transfer failed after {attempt} attempts ({exc})"
+                ) from exc
+            log.warning("%s: %s; retry %d of %d in %.1f s", shown, exc, attempt, RETRIES, delay)
+            time.sleep(delay)
+
+
+def _attempt(
+    http: requests.Session, url: str, target: Path, remote: RemoteFile, deadline: float
+) -> None:
+    """One GET of `url` into `target`; every socket wait ends by the deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Retryable("deadline reached")
+    timeout = Timeout(
+        connect=min(CONNECT_TIMEOUT_S, left), read=min(READ_TIMEOUT_S, left), total=left
+    )
+    try:
+        with http.get(
+            url, stream=True, timeout=timeout, hooks={"response": _stop_at(deadline)}
+        ) as reply:
+            _check_status(reply)
+            _save(reply, target, remote, deadline)
+    except requests.exceptions.SSLError as exc:
+        raise _Refused(f"TLS failed ({_reason(exc)})") from exc
+    except requests.exceptions.Timeout as exc:
+        raise _Retryable(f"timed out ({_reason(exc)})") from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise _Retryable(f"connection failed ({_reason(exc)})") from exc
+    except requests.exceptions.RequestException as exc:
+        raise _Refused(_reason(exc)) from exc
+
+
+def _stop_at(deadline: float) -> Callable[..., None]:
+    """A response hook that ends a chain of redirects at the deadline, not 30 hops later."""
+
+    def check(reply: requests.Response, **kwargs: object) -> None:
+        if time.monotonic() >= deadline:
+            reply.close()
+            raise _Retryable(f"deadline reached at {reply.status_code} {reply.reason}")
+
+    return check
+
+
+def _check_status(reply: requests.Response) -> None:
+    if reply.status_code == 404:
+        raise _NotThere("answered 404 Not Found")
+    if reply.status_code in RETRY_STATUSES:
+        raise _Retryable(f"{reply.status_code} {reply.reason}")
+    if not reply.ok:
+        raise _Refused(f"{reply.status_code} {reply.reason}")
+
+
+def _declared_length(reply: requests.Response) -> int | None:
+    """The Content-Length header as a number, or None when absent or not a number."""
+    try:
+        return int(reply.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _save(reply: requests.Response, target: Path, remote: RemoteFile, deadline: float) -> None:
+    """Write the body to `target`, cut off past the size cap, checked against Content-Length."""
+    length = _declared_length(reply)
+    encoded = reply.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if length is not None and not encoded and length > remote.cap:
+        raise _Refused(
+            f"announces {length} bytes, more than the {remote.cap} a copy of {remote.name} "
+            "can be; not the dataset"
+        )
+    received = 0
+    with (
+        open(target, "wb") as out,
+        tqdm(
+            total=None if encoded else length,
+            unit="B",
+            unit_scale=True,
+            desc=remote.name,
+            disable=None,
+        ) as bar,
+    ):
+        while chunk := _read_some(reply, deadline, received):
+            received += len(chunk)
+            if received > remote.cap:
+                raise _Refused(
+                    f"sent more than the {remote.cap} bytes a copy of {remote.name} can be; "
+                    "cut off there, not the dataset"
+                )
+            out.write(chunk)
+            bar.update(len(chunk))
+    if length is not None and reply.raw.tell() != length:
+        raise _Retryable(f"transfer cut short (got {reply.raw.tell()} of {length} bytes)")
+
+
+def _read_some(reply: requests.Response, deadline: float, received: int) -> bytes:
+    """The next piece of the body as soon as any has arrived; b"" at its end.
+
+    `iter_content` would wait for a whole chunk, so a trickle could hold it far past the
+    deadline; `read1` returns what one socket read gives.
+    """
+    if time.monotonic() >= deadline:
+        raise _Retryable(f"{received} bytes received by the deadline")
+    try:
+        return reply.raw.read1(CHUNK_BYTES, decode_content=True)
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise _Retryable(f"timed out after {received} bytes ({_reason(exc)})") from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise _Refused(f"body could not be decoded ({_reason(exc)})") from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise _Retryable(f"transfer cut short after {received} bytes ({_reason(exc)})") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -173,6 +291,13 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(inner).__name__
 
 
+def looks_like_html(path: Path) -> bool:
+    """Whether the file starts as a web page: what a login wall or an error page sends."""
+    with open(path, "rb") as handle:
+        head = handle.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith(b"<") and (b"<html" in head or b"<!doctype html" in head)
+
+
 def verify(spec: DatasetSpec, remote: RemoteFile, path: Path, *, canonical: bool) -> str:
     """Accept `path` as `remote` or raise DataError saying what was expected and found.
 
@@ -184,17 +309,19 @@ def verify(spec: DatasetSpec, remote: RemoteFile, path: Path, *, canonical: bool
     if digest == remote.sha256:
         return "sha256 matches"
     size = path.stat().st_size
+    if looks_like_html(path):
+        raise DataError(f"{remote.name}: an HTML page ({size} bytes), not the dataset")
     if canonical or not spec.content_md5:
         raise DataError(
             f"{remote.name}: sha256 mismatch: expected {remote.sha256}, found {digest} "
             f"({size} bytes); truncated, corrupt or not the published file"
         )
     try:
-        found = content_md5(read_mnist_npz(path))
+        found = content_md5(read_mnist_npz(path, spec.image_shape, remote.cap))
     except DataError as exc:
         raise DataError(
             f"{remote.name}: sha256 differs and the content cannot be read: {exc}"
-        ) from None
+        ) from exc
     wrong = sorted(name for name, md5 in spec.content_md5.items() if found.get(name) != md5)
     if wrong:
         raise DataError(
@@ -205,14 +332,39 @@ def verify(spec: DatasetSpec, remote: RemoteFile, path: Path, *, canonical: bool
     return "re-packed, content matches the canonical IDX MD5s"
 
 
-def _copy_or_download(source: Source, target: Path, name: str, http: requests.Session) -> None:
+def _copy_or_download(
+    source: Source, target: Path, remote: RemoteFile, http: requests.Session
+) -> None:
     if source.is_url:
-        _stream(http, source.location, target, name)
+        _stream(http, source.location, target, remote)
         return
     origin = Path(source.location)
     if not origin.is_file():
         raise _NotThere(f"{origin} does not exist")
+    size = origin.stat().st_size
+    if size > remote.cap:
+        raise DataError(
+            f"{origin}: {size} bytes, more than the {remote.cap} a copy of {remote.name} "
+            "can be; not the dataset, not copied"
+        )
     shutil.copyfile(origin, target)
+
+
+@contextmanager
+def _naming_full_disk(name: str, folder: Path) -> Iterator[None]:
+    """Turn "no space left" into one line naming the file and the folder it was going into.
+
+    A full disk fails every source alike, so it ends the download instead of trying the next.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise DownloadError(
+            f"no space left on device writing {name} into {folder}; free some space there "
+            "and run again"
+        ) from exc
 
 
 def fetch(
@@ -228,19 +380,26 @@ def fetch(
         else:
             log.info("%s: already present (%s)", final, how)
             return "existing copy"
-    http = http or session()
+    with _naming_full_disk(remote.name, folder):
+        return _first_verified(spec, remote, final, http or session())
+
+
+def _first_verified(
+    spec: DatasetSpec, remote: RemoteFile, final: Path, http: requests.Session
+) -> str:
+    """Try each source in turn until one gives a verified copy; one line per rejection."""
     problems = []
     for source in sources(remote):
         try:
             with atomic_path(final) as temp:
-                _copy_or_download(source, temp, remote.name, http)
+                _copy_or_download(source, temp, remote, http)
                 how = verify(spec, remote, temp, canonical=source.canonical)
         except _NotThere as exc:
-            problems.append(f"{source.label}: {exc}")
+            problems.append(f"{source.label}: {redact(str(exc))}")
             continue
         except (DataError, DownloadError) as exc:
-            log.warning("%s from %s rejected: %s", remote.name, source.label, exc)
-            problems.append(f"{source.label}: {exc}")
+            log.warning("%s from %s rejected: %s", remote.name, source.label, redact(str(exc)))
+            problems.append(f"{source.label}: {redact(str(exc))}")
             continue
         log.info("%s: served by %s, %s", remote.name, source.label, how)
         return source.label
@@ -262,5 +421,6 @@ def download_dataset(
     """
     http = http or session()
     served = [fetch(spec, remote, folder, http) for remote in spec.files]
-    write_text(folder / MANIFEST, manifest_text(folder, [remote.name for remote in spec.files]))
+    with _naming_full_disk(MANIFEST, folder):
+        write_text(folder / MANIFEST, manifest_text(folder, [r.name for r in spec.files]))
     return served

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -51,7 +52,7 @@ def write_mnist(folder: Path, arrays: dict[str, np.ndarray] | None = None) -> Da
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "mnist.npz"
     np.savez_compressed(path, **arrays)
-    remote = replace(MNIST.files[0], sha256=_sha256(path))
+    remote = replace(MNIST.files[0], sha256=_sha256(path), size=path.stat().st_size)
     return replace(MNIST, files=(remote,), content_md5=content_md5(arrays))
 
 
@@ -68,7 +69,7 @@ def write_fashion(folder: Path, arrays: dict[str, np.ndarray] | None = None) -> 
     for remote in FASHION_MNIST.files:
         path = folder / remote.name
         path.write_bytes(gzip.compress(idx_encode(arrays[names[remote.name]])))
-        remotes.append(replace(remote, sha256=_sha256(path)))
+        remotes.append(replace(remote, sha256=_sha256(path), size=path.stat().st_size))
     return replace(FASHION_MNIST, files=tuple(remotes))
 
 
@@ -93,8 +94,13 @@ def write_cifar(folder: Path, arrays: dict[str, np.ndarray] | None = None) -> Da
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    remote = replace(CIFAR10.files[0], sha256=_sha256(path))
+    remote = replace(CIFAR10.files[0], sha256=_sha256(path), size=path.stat().st_size)
     return replace(CIFAR10, files=(remote,))
+
+
+def served(spec: DatasetSpec, url: str) -> DatasetSpec:
+    """The spec with its canonical addresses moved to a local server at `url`."""
+    return replace(spec, files=tuple(replace(f, url=url + f.name) for f in spec.files))
 
 
 WRITERS: dict[str, Callable[[Path], DatasetSpec]] = {
@@ -111,17 +117,37 @@ def write_raw(folder: Path, name: str) -> DatasetSpec:
     return spec
 
 
+HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Log in</body></html>\n"
+)
+
+
 class FileServer:
     """Serves files from a folder on 127.0.0.1, with scripted faults per file name.
 
     `faults[name]` is a list consumed one request at a time: an HTTP status to answer with,
-    or "truncate" to send half the body under a full Content-Length.
+    or one of these misbehaviours:
+
+    - "truncate": half the body under a full Content-Length;
+    - "trickle": the file under its full Content-Length, `trickle_bytes` every `trickle_s`;
+    - "silent": accept the request and answer nothing for `silent_s`, then hang up;
+    - "endless": 200 without a Content-Length, then zeros (`endless_bytes` at most);
+    - "huge": a Content-Length of a terabyte, then a few bytes;
+    - "gzip_bomb": a small gzip Content-Encoding body that inflates to `endless_bytes`;
+    - "html": 200 with a web page, as a login wall or a captive portal answers;
+    - "bad_headers": the file, under a header line that is not `Name: value`;
+    - "redirect": after `trickle_s`, a redirect to the same address.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.faults: dict[str, list[int | str]] = {}
         self.requests: list[str] = []
+        self.trickle_bytes = 1024
+        self.trickle_s = 0.2
+        self.endless_bytes = 8 << 20
+        self.silent_s = 10.0
+        self.stopping = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -135,6 +161,10 @@ class FileServer:
                     self.send_response(fault)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return
+                if fault in MISBEHAVIOURS:
+                    with contextlib.suppress(OSError):
+                        MISBEHAVIOURS[fault](server, self, path)
                     return
                 if not path.is_file():
                     self.send_error(404)
@@ -153,13 +183,87 @@ class FileServer:
 
     @contextmanager
     def running(self) -> Iterator[FileServer]:
-        thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         thread.start()
         try:
             yield self
         finally:
+            self.stopping.set()
             self.httpd.shutdown()
             self.httpd.server_close()
+
+
+def _headers(handler: BaseHTTPRequestHandler, **headers: str | int) -> None:
+    handler.send_response(200)
+    for key, value in headers.items():
+        handler.send_header(key.replace("_", "-"), str(value))
+    handler.end_headers()
+
+
+def _trickle(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    data = path.read_bytes()
+    _headers(handler, Content_Length=len(data))
+    for start in range(0, len(data), server.trickle_bytes):
+        handler.wfile.write(data[start : start + server.trickle_bytes])
+        handler.wfile.flush()
+        if server.stopping.wait(server.trickle_s):
+            return
+
+
+def _silent(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    server.stopping.wait(server.silent_s)
+
+
+def _endless(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    _headers(handler, Content_Type="application/octet-stream")
+    block = bytes(1 << 16)
+    for _ in range(server.endless_bytes // len(block)):
+        handler.wfile.write(block)
+
+
+def _huge(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    _headers(handler, Content_Length=10**12)
+    handler.wfile.write(bytes(1024))
+
+
+def _gzip_bomb(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    body = gzip.compress(bytes(server.endless_bytes))
+    _headers(handler, Content_Length=len(body), Content_Encoding="gzip")
+    handler.wfile.write(body)
+
+
+def _html(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    _headers(handler, Content_Length=len(HTML_PAGE), Content_Type="text/html; charset=utf-8")
+    handler.wfile.write(HTML_PAGE)
+
+
+def _bad_headers(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    data = path.read_bytes()
+    head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(data)}\r\nNo colon on this line\r\n\r\n"
+    handler.wfile.write(head.encode() + data)
+
+
+def _redirect(server: FileServer, handler: BaseHTTPRequestHandler, path: Path) -> None:
+    if server.stopping.wait(server.trickle_s):
+        return
+    handler.send_response(302)
+    handler.send_header("Location", handler.path)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
+MISBEHAVIOURS: dict[str, Callable[[FileServer, BaseHTTPRequestHandler, Path], None]] = {
+    "trickle": _trickle,
+    "silent": _silent,
+    "endless": _endless,
+    "huge": _huge,
+    "gzip_bomb": _gzip_bomb,
+    "html": _html,
+    "bad_headers": _bad_headers,
+    "redirect": _redirect,
+}
 
 
 def write_processed(

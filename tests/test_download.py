@@ -14,12 +14,7 @@ from mlpipe.datasets import DatasetSpec, read_raw
 from mlpipe.download import download_dataset, verify
 from mlpipe.errors import DataError, DownloadError
 from tests.conftest import error_lines, files_under, run_stage
-from tests.fakes import WRITERS, FileServer, tiny_arrays, write_mnist
-
-
-def served(spec: DatasetSpec, url: str) -> DatasetSpec:
-    """The spec with its canonical addresses moved to the local server."""
-    return replace(spec, files=tuple(replace(f, url=url + f.name) for f in spec.files))
+from tests.fakes import WRITERS, FileServer, served, tiny_arrays, write_mnist
 
 
 def fetch_all(spec: DatasetSpec, dest: Path) -> list[str]:
