@@ -73,22 +73,31 @@ def load_model(source: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from mlpipe.tracking import tracking_uri
+    from mlpipe.errors import TrackingError
+    from mlpipe.store import prepare, store_label, tracking_uri, use_store
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
+    uri = tracking_uri()
+    try:
+        # Reading only: a store that does not exist is not created, a read-only one is read.
+        prepare(uri, write=False)
+    except TrackingError as exc:
+        raise ModelError(f"model {source}: {exc}") from exc
+    use_store(uri)
     with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as scratch:
         try:
-            folder = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch)
+            folder = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch)
+            )
         except MlflowException as exc:
             first = str(exc).strip().splitlines()[0]
-            raise ModelError(f"model {source} not found in {tracking_uri()} ({first})") from None
+            raise ModelError(f"model {source} not found in {store_label(uri)} ({first})") from exc
         except OSError as exc:
-            raise ModelError(f"model {source}: its files cannot be read ({exc})") from None
-        path = Path(folder) / "data" / "model.keras"
-        if not path.is_file():
-            raise ModelError(f"model {source} holds no Keras model (no data/model.keras)")
-        return load_keras_model(path)
+            raise ModelError(f"model {source}: its files cannot be read ({exc})") from exc
+        # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
+        for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
+            if path.is_file():
+                return load_keras_model(path)
+        raise ModelError(f"model {source} holds no Keras model (no artifacts/model.keras)")
 
 
 def printable(text: str) -> str:

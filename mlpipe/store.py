@@ -136,7 +136,8 @@ def prepare(uri: str, *, write: bool = True) -> None:
         create(path, artifact_root(uri) or "")
     if write:
         check_writable(path)
-    relocate(path, write=write)
+    # Readers (predict) fix a moved store's locations too, where they may write it.
+    relocate(path, write=write or _writable(path))
 
 
 def inspect_store(path: Path) -> str:
@@ -232,6 +233,10 @@ def _remove_stale_stores(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
 def check_writable(path: Path) -> None:
     """Refuse a read-only store, and wait a bounded time for another process's write lock."""
     for target in (path, path.parent):
@@ -308,7 +313,7 @@ def relocate(path: Path, *, write: bool = True) -> None:
         if not write:
             raise TrackingError(
                 f"{path}: its artifact locations name {old}, where it was before it was moved "
-                f"to {root}; run any pipeline stage once to update them"
+                f"to {root}, and it is read-only here; make it writable and run again"
             )
         changed = _rewrite_locations(path, old, root)
         log.warning(

@@ -35,6 +35,47 @@ run_stage("preprocess", preprocess.main)
 """
 
 
+DELETE_VERSION = """
+from mlflow import MlflowClient
+client = MlflowClient(tracking_uri="sqlite:///mlflow.db", registry_uri="sqlite:///mlflow.db")
+client.delete_model_version("keras-tutorial-mnist", "1")
+"""
+NAN_WEIGHTS = """
+import keras, numpy as np
+model = keras.saving.load_model("models/model.keras", compile=False)
+model.layers[-1].kernel.assign(np.full(model.layers[-1].kernel.shape, np.nan, "float32"))
+model.save("models/model.keras")
+"""
+THREE_CLASSES = """
+import keras
+inputs = keras.Input((28, 28), dtype="uint8")
+outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+keras.Model(inputs, outputs).save("models/model.keras")
+"""
+
+
+def run_python(ws: Path, code: str) -> None:
+    subprocess.run([sys.executable, "-c", code], cwd=ws, env=stage_env(), check=True)
+
+
+def foreign_sqlite(path: Path) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    path.unlink(missing_ok=True)
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE customers (name TEXT)")
+        connection.commit()
+
+
+def chain(*damages: Callable[[Path], None]) -> Callable[[Path], None]:
+    def damage(ws: Path) -> None:
+        for one in damages:
+            one(ws)
+
+    return damage
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -346,6 +387,89 @@ CASES = [
         replace_with_file("data/processed"),
     ),
     Case("disk-full", ["-c", ENOSPC_PREPROCESS], "no space left on device; free some space"),
+    # params.yaml read as DVC reads it (YAML 1.2), and bounded.
+    Case(
+        "params-duplicate-key",
+        stage("preprocess"),
+        'found duplicate key "seed"',
+        lambda ws: (ws / "params.yaml").write_text(
+            (ws / "params.yaml").read_text().replace("  seed: 42", "  seed: 42\n  seed: 7", 1)
+        ),
+        exit_code=2,
+    ),
+    Case(
+        "params-nesting-bomb",
+        stage("preprocess"),
+        "params.yaml: nested too deeply",
+        lambda ws: (ws / "params.yaml").write_text("[" * 50_000 + "]" * 50_000),
+        exit_code=2,
+    ),
+    Case(
+        "preprocess-empty-validation",
+        stage("preprocess"),
+        "preprocess.train_fraction 0.01 with preprocess.validation_split 0.1 leaves",
+        lambda ws: set_params(ws, preprocess__train_fraction=0.01),
+        exit_code=2,
+    ),
+    Case(
+        "model-too-large-for-memory",
+        stage("train"),
+        "model.hidden_units [100000000] (with model.conv_filters for cnn) needs about",
+        lambda ws: set_params(ws, model__hidden_units=[100_000_000]),
+        exit_code=2,
+    ),
+    Case(
+        "cnn-more-blocks-than-the-image-allows",
+        stage("train"),
+        "model.conv_filters has 5 blocks, each halving the image; mnist's 28x28 images allow",
+        lambda ws: set_params(ws, model__type="cnn", model__conv_filters=[4] * 5),
+        exit_code=2,
+    ),
+    # The tracking store: refused before MLflow touches it.
+    Case(
+        "store-not-sqlite",
+        stage("evaluate"),
+        "mlflow.db: not a SQLite database, so not an MLflow store",
+        lambda ws: (ws / "mlflow.db").write_text("notes\n"),
+    ),
+    Case(
+        "store-someone-elses-sqlite",
+        stage("train"),
+        "mlflow.db: a SQLite database without MLflow's tables",
+        lambda ws: foreign_sqlite(ws / "mlflow.db"),
+    ),
+    Case(
+        "store-is-a-directory",
+        stage("train"),
+        "mlflow.db: is a directory, not an MLflow store",
+        chain(remove("mlflow.db"), lambda ws: (ws / "mlflow.db").mkdir()),
+    ),
+    Case(
+        "store-postgresql-unreachable",
+        stage("train"),
+        "MLflow store postgresql://mlpipe:***@127.0.0.1:9/mlflow is not reachable",
+        env={"MLFLOW_TRACKING_URI": "postgresql://mlpipe:s3cret@127.0.0.1:9/mlflow"},
+    ),
+    Case(
+        "registry-version-deleted-by-hand",
+        stage("evaluate"),
+        "registered model keras-tutorial-mnist version 1 (from models/run.json) is not in the "
+        "registry",
+        lambda ws: run_python(ws, DELETE_VERSION),
+    ),
+    # Models that would give wrong answers are never evaluated or promoted.
+    Case(
+        "model-nan-weights",
+        stage("evaluate"),
+        "gives NaN or infinite outputs",
+        lambda ws: run_python(ws, NAN_WEIGHTS),
+    ),
+    Case(
+        "model-other-class-count",
+        stage("evaluate"),
+        "gives 3 outputs per image, but mnist has 10 classes",
+        lambda ws: run_python(ws, THREE_CLASSES),
+    ),
 ]
 
 
@@ -396,6 +520,7 @@ def test_bad_input(case: Case, complete: Path, tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr[-3000:]
     assert case.expected in lines[0]
     assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
     after = snapshot(ws)
     added = sorted(set(after) - set(before))
     changed = sorted(name for name in set(before) & set(after) if before[name] != after[name])

@@ -196,3 +196,99 @@ def test_flatten_names_every_leaf() -> None:
     assert flat["model.hidden_units"] == [784, 32]
     assert "preprocess.validation_split" not in flat
     assert flatten(params, ("base.dataset",)) == {"base.dataset": "mnist"}
+
+
+# params.yaml means one thing to DVC and to the pipeline ------------------------------------
+
+
+def params_text(replace: tuple[str, str]) -> str:
+    text = (REPO / "params.yaml").read_text()
+    assert replace[0] in text, replace[0]
+    return text.replace(*replace, 1)
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
+    """YAML 1.2 through DVC's own parser: the run and `dvc exp show` see the same values."""
+    from dvc.utils.serialize import parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        params_text(("learning_rate: 0.01", "learning_rate: 1e-3")).replace(
+            "experiment_name: keras-tutorial", "experiment_name: yes"
+        )
+    )
+    params = load_params(path)
+    assert params.train.learning_rate == 0.001  # YAML 1.1 (PyYAML) reads the string "1e-3"
+    assert params.mlflow.experiment_name == "yes"  # and True here
+    seen_by_dvc = parse_yaml(path.read_text(), str(path))
+    assert seen_by_dvc["train"]["learning_rate"] == params.train.learning_rate
+    assert seen_by_dvc["mlflow"]["experiment_name"] == params.mlflow.experiment_name
+
+
+def test_duplicate_key_is_refused_as_dvc_refuses_it(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(params_text(("  epochs: 20", "  epochs: 20\n  epochs: 5")))
+    with pytest.raises(ConfigError, match=r'at line \d+: found duplicate key "epochs"'):
+        load_params(path)
+
+
+def test_nesting_bomb_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("a: " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"^params\.yaml: nested too deeply"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("base.dataset", "x" * 5000), ("model.hidden_units", {"units": "x" * 5000})],
+)
+def test_error_lines_quote_at_most_80_characters_of_a_value(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(with_value(key, value))
+    message = str(caught.value)
+    assert key in message and "..." in message
+    assert len(message) < 300, message
+
+
+def test_unknown_huge_key_is_clipped() -> None:
+    raw = default_raw()
+    raw["train"]["k" * 5000] = 1
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    assert len(str(caught.value)) < 400
+
+
+def test_cnn_with_more_blocks_than_the_image_can_halve_is_refused() -> None:
+    raw = with_value("model.type", "cnn")
+    raw["model"]["conv_filters"] = [8] * 5
+    with pytest.raises(ConfigError, match=r"mnist's 28x28 images allow at most 4"):
+        parse_params(raw)
+    raw["base"]["dataset"] = "cifar10"
+    assert parse_params(raw).model.conv_filters == [8] * 5  # 32x32 halves five times
+
+
+def test_empty_validation_or_training_split_is_refused_naming_the_keys() -> None:
+    import numpy as np
+
+    from mlpipe.datasets import RawSplits
+    from mlpipe.preprocessing import preprocess
+
+    x = np.zeros((40, 28, 28), np.uint8)
+    y = (np.arange(40) % 10).astype(np.uint8)
+    raw = RawSplits(x, y, x[:10], y[:10])
+    with pytest.raises(ConfigError, match=r"preprocess\.train_fraction 0\.01 .* empty validation"):
+        preprocess(raw, validation_split=0.1, train_fraction=0.01, seed=0)
+    with pytest.raises(ConfigError, match=r"preprocess\.validation_split 0\.9 .* empty training"):
+        preprocess(raw, validation_split=0.9, train_fraction=0.01, seed=0)
+    assert len(preprocess(raw, validation_split=0.1, train_fraction=1.0, seed=0).y_val) == 10
+
+
+def test_model_too_large_for_memory_is_refused_before_it_is_built() -> None:
+    from mlpipe.models import check_fits_in_memory, parameter_count
+
+    params = load_params(REPO / "params.yaml")
+    assert parameter_count(params.model, (28, 28), 10) == 640_890  # the tutorial's network
+    huge = params.model.model_copy(update={"hidden_units": [100_000_000]})
+    with pytest.raises(ConfigError, match=r"model\.hidden_units \[100000000\] .* needs about"):
+        check_fits_in_memory(huge, params.train, (28, 28), 10)

@@ -71,10 +71,13 @@ def test_named_experiment_is_a_named_mlflow_run(baseline: tuple[Path, str]) -> N
 
 
 def test_queue_of_two_runs_two_at_a_time_into_one_store(baseline: tuple[Path, str]) -> None:
+    """With the README's relative URI, as a user would set it: the queued runs must land in
+    the workspace's mlflow.db, not in DVC's temporary copies, which are deleted."""
     repo, commit = baseline
-    queued = dvc(repo, "exp", "run", "--queue", "-S", "train.learning_rate=0.05,0.2")
+    relative = {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    queued = dvc(repo, "exp", "run", "--queue", "-S", "train.learning_rate=0.05,0.2", **relative)
     assert queued.returncode == 0, queued.stderr
-    started = dvc(repo, "queue", "start", "-j", "2")
+    started = dvc(repo, "queue", "start", "-j", "2", **relative)
     assert started.returncode == 0, started.stderr
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -100,3 +103,8 @@ def test_queue_of_two_runs_two_at_a_time_into_one_store(baseline: tuple[Path, st
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
     learning_rates = sorted(runs[name].data.params["train.learning_rate"] for name in names)
     assert learning_rates == ["0.05", "0.2"]
+    # The champion is the best evaluated version, whichever evaluate finished last.
+    champion = client.get_model_version_by_alias("keras-tutorial-mnist", "champion")
+    versions = client.search_model_versions("name = 'keras-tutorial-mnist'")
+    best = max(float(version.tags["test_accuracy"]) for version in versions)
+    assert float(champion.tags["test_accuracy"]) == best

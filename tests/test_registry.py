@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from mlpipe.errors import TrackingError
 from mlpipe.registry import CHALLENGER, CHAMPION, promote
 
 NAME = "keras-tutorial-mnist"
@@ -64,3 +66,80 @@ def test_better_version_takes_champion(client: MlflowClient, tmp_path: Path) -> 
     assert "beats champion version 1 (0.9200)" in decision.reason
     assert holder(client, CHAMPION) == holder(client, CHALLENGER) == third
     assert client.get_model_version(NAME, str(third)).tags["test_accuracy"] == "0.980000"
+
+
+def test_deleted_version_is_one_line_naming_it(client: MlflowClient, tmp_path: Path) -> None:
+    version = new_version(client, tmp_path)
+    client.delete_model_version(NAME, str(version))
+    with pytest.raises(TrackingError, match=rf"{NAME} version {version} .* is not in the registry"):
+        promote(client, NAME, version, 0.9)
+
+
+ROUNDS = 20
+
+
+def _racer(uri: str, versions: list[int], accuracies: list[float], barrier, slow: bool) -> None:
+    """One evaluate stage's promotions, each started together with the other racer's.
+
+    With `slow`, every read of the champion is followed by a pause, so an unlocked
+    read-compare-write would interleave with the other racer's almost every round.
+    """
+    import random
+
+    from mlpipe.registry import promote as promote_version
+
+    racer = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if slow:
+        read = racer.get_model_version_by_alias
+
+        def slow_read(*args, **kwargs):
+            found = read(*args, **kwargs)
+            time.sleep(random.uniform(0.0, 0.03))
+            return found
+
+        racer.get_model_version_by_alias = slow_read
+    for version, accuracy in zip(versions, accuracies, strict=True):
+        barrier.wait()
+        promote_version(racer, NAME, version, accuracy)
+        barrier.wait()
+
+
+def test_two_promotions_racing_never_leave_a_worse_champion(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """Two evaluate stages finish together, ROUNDS times: the champion is always the best."""
+    import multiprocessing
+    import random
+
+    uri = client.tracking_uri
+    rng = random.Random(7)
+    versions = [new_version(client, tmp_path) for _ in range(2 * ROUNDS)]
+    # Both of each round's models beat every earlier one, so both try to take champion and
+    # only a read-compare-write that is not interleaved keeps the better of the two.
+    accuracies = []
+    for round_ in range(ROUNDS):
+        base = 0.5 + 0.02 * round_
+        accuracies += rng.sample([round(base + 0.001, 6), round(base + 0.005, 6)], 2)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3, timeout=120)
+    racers = [
+        context.Process(target=_racer, args=(uri, versions[i::2], accuracies[i::2], barrier, True))
+        for i in (0, 1)
+    ]
+    for racer in racers:
+        racer.start()
+    best = float("-inf")
+    wrong = []
+    try:
+        for round_ in range(ROUNDS):
+            barrier.wait()
+            barrier.wait()
+            best = max(best, *accuracies[2 * round_ : 2 * round_ + 2])
+            champion = client.get_model_version_by_alias(NAME, CHAMPION)
+            if float(champion.tags["test_accuracy"]) != best:
+                wrong.append((round_, champion.version, champion.tags["test_accuracy"], best))
+    finally:
+        for racer in racers:
+            racer.join(timeout=60)
+    assert [racer.exitcode for racer in racers] == [0, 0]
+    assert not wrong, f"a worse model held champion after these rounds: {wrong}"

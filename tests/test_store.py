@@ -257,7 +257,9 @@ def test_moved_store_follows_its_workspace(tmp_path: Path) -> None:
     assert not old.exists()
 
 
-def test_read_only_user_of_a_moved_store_gets_one_line(tmp_path: Path) -> None:
+def test_reader_of_a_moved_store_fixes_it_or_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
 
     old = tmp_path / "old"
@@ -268,8 +270,14 @@ def test_read_only_user_of_a_moved_store_gets_one_line(tmp_path: Path) -> None:
     new = tmp_path / "new"
     old.rename(new)
     (new / "mlartifacts").mkdir()
+    close_engines()
+    monkeypatch.setattr(store, "_writable", lambda path: False)
     with pytest.raises(TrackingError, match=r"name .*old, where it was before it was moved to"):
         store.prepare(uri_of(new / "mlflow.db"), write=False)
+    monkeypatch.undo()
+    store.prepare(uri_of(new / "mlflow.db"), write=False)  # a reader that may write fixes it
+    client = MlflowClient(tracking_uri=uri_of(new / "mlflow.db"))
+    assert client.get_experiment_by_name("e").artifact_location == (new / "mlartifacts").as_uri()
 
 
 def test_store_moved_without_its_artifacts_says_what_to_move(tmp_path: Path) -> None:
@@ -287,3 +295,22 @@ def test_store_moved_without_its_artifacts_says_what_to_move(tmp_path: Path) -> 
     (old / "mlflow.db").rename(new / "mlflow.db")
     with pytest.raises(TrackingError, match=r"moved from .*old without its mlartifacts/ folder"):
         store.prepare(uri_of(new / "mlflow.db"))
+
+
+def test_predict_where_no_store_exists_creates_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from mlpipe import predict
+
+    image = tmp_path / "digit.png"
+    pixels = Image.new("L", (28, 28), 0)
+    pixels.paste(255, (10, 4, 18, 24))
+    pixels.save(image)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri_of(tmp_path / "mlflow.db"))
+    assert predict.main([str(image), "--model", "models:/keras-tutorial-mnist@champion"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "no MLflow store here" in error
+    assert "\n" not in error
+    assert list(tmp_path.iterdir()) == [image]
