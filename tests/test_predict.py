@@ -140,7 +140,7 @@ def test_cli_default_is_the_champion(trained: Path, images: Path) -> None:
         ("text", "not an image Pillow can read"),
         ("truncated", "truncated or corrupt image"),
         ("bomb", "far too large for a digit"),
-        ("no_model", "model models:/keras-tutorial-mnist@champion not found"),
+        ("no_model", "mlflow.db: no MLflow store here; run the pipeline first"),
     ],
 )
 def test_cli_bad_input_is_one_line(workspace: Path, images: Path, make: str, message: str) -> None:

@@ -314,3 +314,13 @@ def test_predict_where_no_store_exists_creates_none(
     assert error.startswith("error: ") and "no MLflow store here" in error
     assert "\n" not in error
     assert list(tmp_path.iterdir()) == [image]
+
+
+def test_database_store_without_its_driver_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlpipe.tracking import check_reachable
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(TrackingError, match=r"database driver is not installed") as caught:
+        check_reachable("postgresql://alice:s3cret@127.0.0.1:9/mlflow")
+    assert "s3cret" not in str(caught.value)
+    assert "postgresql://alice:***@127.0.0.1:9/mlflow" in str(caught.value)
