@@ -7,16 +7,18 @@ imported. Every error names the full key, the value given and what is allowed, f
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlpipe.datasets import SPECS
 from mlpipe.errors import ConfigError
-from mlpipe.paths import PARAMS_FILE
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = tuple(SPECS)
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "selu")
 LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
@@ -24,8 +26,9 @@ MODEL_TYPES = ("mlp", "cnn")
 TRAINING_LOOPS = ("fit", "scan")
 
 
-def _one_of(values: tuple[str, ...]) -> str:
-    return "one of " + ", ".join(values)
+def registered_model_name(prefix: str, dataset: str) -> str:
+    """The registry name: one registered model per dataset, so champions never mix."""
+    return f"{prefix}-{dataset}"
 
 
 class _Section(BaseModel):
@@ -37,42 +40,32 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class BaseParams(_Section):
-    seed: int = Field(ge=0, le=2**32 - 1, description="an integer from 0 to 4294967295")
-    dataset: Literal[DATASETS] = Field(description=_one_of(DATASETS))
+    seed: int = Field(ge=0, le=2**32 - 1)
+    dataset: Literal[DATASETS]
 
 
 class PreprocessParams(_Section):
-    validation_split: float = Field(
-        gt=0.0, lt=1.0, description="a fraction strictly between 0 and 1"
-    )
-    train_fraction: float = Field(
-        gt=0.0, le=1.0, description="a fraction greater than 0 and at most 1"
-    )
+    validation_split: float = Field(gt=0.0, lt=1.0)
+    train_fraction: float = Field(gt=0.0, le=1.0)
 
 
 class ModelParams(_Section):
-    type: Literal[MODEL_TYPES] = Field(description=_one_of(MODEL_TYPES))
-    hidden_units: list[PositiveInt] = Field(
-        min_length=1, description="a non-empty list of positive integers"
-    )
-    activation: Literal[ACTIVATIONS] = Field(description=_one_of(ACTIVATIONS))
-    conv_filters: list[PositiveInt] = Field(
-        min_length=1, description="a non-empty list of positive integers (used by cnn)"
-    )
-    dropout: float = Field(ge=0.0, lt=1.0, description="a fraction from 0 up to (not including) 1")
+    type: Literal[MODEL_TYPES]
+    hidden_units: list[PositiveInt] = Field(min_length=1)
+    activation: Literal[ACTIVATIONS]
+    conv_filters: list[PositiveInt] = Field(min_length=1, description="used by cnn")
+    dropout: float = Field(ge=0.0, lt=1.0)
 
 
 class TrainParams(_Section):
-    optimizer: Literal[OPTIMIZERS] = Field(description=_one_of(OPTIMIZERS))
-    learning_rate: float = Field(gt=0.0, le=10.0, description="a number greater than 0, at most 10")
-    momentum: float = Field(ge=0.0, lt=1.0, description="a number from 0 up to (not including) 1")
-    loss: Literal[LOSSES] = Field(description=_one_of(LOSSES))
-    batch_size: int = Field(gt=0, le=1_000_000, description="a positive integer")
-    epochs: int = Field(gt=0, le=100_000, description="a positive integer")
-    early_stopping_patience: int = Field(
-        ge=0, description="a non-negative integer (0 turns early stopping off)"
-    )
-    loop: Literal[TRAINING_LOOPS] = Field(description=_one_of(TRAINING_LOOPS))
+    optimizer: Literal[OPTIMIZERS]
+    learning_rate: float = Field(gt=0.0, le=10.0)
+    momentum: float = Field(ge=0.0, lt=1.0)
+    loss: Literal[LOSSES]
+    batch_size: int = Field(gt=0, le=1_000_000)
+    epochs: int = Field(gt=0, le=100_000)
+    early_stopping_patience: int = Field(ge=0, description="0 turns early stopping off")
+    loop: Literal[TRAINING_LOOPS]
 
     @model_validator(mode="after")
     def _momentum_needs_sgd(self) -> TrainParams:
@@ -86,25 +79,23 @@ class TrainParams(_Section):
 
 class MlflowParams(_Section):
     experiment_name: str = Field(
-        min_length=1,
-        pattern=r"^[\w.\- ]+$",
-        description="a non-empty name (letters, digits, . _ - space)",
+        min_length=1, pattern=r"^[\w.\- ]+$", description="letters, digits, . _ - space"
     )
     registered_model_name: str = Field(
         min_length=1,
         pattern=r"^[\w.\-]+$",
-        description="a non-empty name (letters, digits, . _ -); the dataset is appended to it",
+        description="letters, digits, . _ -; the dataset is appended to it",
     )
 
 
 class EvaluateParams(_Section):
-    batch_size: int = Field(gt=0, le=1_000_000, description="a positive integer")
+    batch_size: int = Field(gt=0, le=1_000_000)
 
 
 class PlotParams(_Section):
-    sample_grid: int = Field(ge=1, le=30, description="an integer from 1 to 30")
-    prediction_grid: int = Field(ge=1, le=10, description="an integer from 1 to 10")
-    wrong_count: int = Field(ge=1, le=100, description="an integer from 1 to 100")
+    sample_grid: int = Field(ge=1, le=30)
+    prediction_grid: int = Field(ge=1, le=10)
+    wrong_count: int = Field(ge=1, le=100)
 
 
 class Params(_Section):
@@ -120,8 +111,6 @@ class Params(_Section):
     def _convolutions_fit_the_images(self) -> Params:
         if self.model.type != "cnn":
             return self
-        from mlpipe.datasets import SPECS
-
         side = min(SPECS[self.base.dataset].image_shape[:2])
         blocks = max(side.bit_length() - 1, 0)  # each block halves the image, rounding down
         if len(self.model.conv_filters) > blocks:
@@ -134,8 +123,7 @@ class Params(_Section):
 
     @property
     def registered_model_name(self) -> str:
-        """The registry name: one registered model per dataset, so champions never mix."""
-        return f"{self.mlflow.registered_model_name}-{self.base.dataset}"
+        return registered_model_name(self.mlflow.registered_model_name, self.base.dataset)
 
 
 # The params each stage reads. dvc.yaml lists exactly these (a test checks it), so a change to
@@ -155,23 +143,64 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 
 
 def _field_description(loc: tuple[Any, ...]) -> str | None:
-    """The description of the field at `loc`, ignoring list indices."""
+    """What the field at `loc` must be, derived from its type and constraints."""
     model: type[BaseModel] | None = Params
-    description = None
+    field = None
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
         field = model.model_fields.get(part)
         if field is None:
             return None
-        description = field.description
         annotation = field.annotation
         model = (
             annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel)
             else None
         )
-    return description
+    if field is None or model is not None:
+        return None
+    described = _describe_type(field.annotation, field.metadata)
+    return f"{described} ({field.description})" if field.description else described
+
+
+def _describe_type(annotation: Any, constraints: list[Any]) -> str:
+    """`an integer from 1 to 30`, `one of mlp, cnn`, `a non-empty list of ...`: from the type."""
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(value) for value in get_args(annotation))
+    if get_origin(annotation) is Annotated:
+        inner, *extra = get_args(annotation)
+        found = [m for info in extra for m in getattr(info, "metadata", [info])]
+        return _describe_type(inner, [*found, *constraints])
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        size = "a non-empty list" if any(isinstance(c, MinLen) for c in constraints) else "a list"
+        return f"{size} of {_plural(_describe_type(item, []))}"
+    noun = {int: "an integer", float: "a number", str: "a string"}.get(annotation, "a value")
+    bounds = {
+        type(c).__name__: getattr(c, dataclasses.fields(c)[0].name)
+        for c in constraints
+        if isinstance(c, Gt | Ge | Lt | Le | MinLen)
+    }
+    low = ("at least", bounds["Ge"]) if "Ge" in bounds else ("greater than", bounds.get("Gt"))
+    high = ("at most", bounds["Le"]) if "Le" in bounds else ("less than", bounds.get("Lt"))
+    if "Ge" in bounds and "Le" in bounds:
+        return f"{noun} from {_number(bounds['Ge'])} to {_number(bounds['Le'])}"
+    said = [f"{word} {_number(value)}" for word, value in (low, high) if value is not None]
+    if annotation is str and "MinLen" in bounds:
+        noun = "a non-empty string"
+    return f"{noun} " + " and ".join(said) if said else noun
+
+
+def _plural(described: str) -> str:
+    for singular, plural in (("an integer", "integers"), ("a number", "numbers")):
+        if described.startswith(singular):
+            return plural + described[len(singular) :]
+    return described
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else f"{value}"
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -238,7 +267,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(_describe(exc.errors()[0], source)) from None
 
 
-def load_params(path: Path = PARAMS_FILE) -> Params:
+def load_params(path: Path) -> Params:
     """Read and validate the params file as DVC reads it: YAML 1.2, duplicate keys refused.
 
     DVC parses params.yaml with ruamel.yaml's safe loader; so does this, so `1e-3` is a number

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (libraries often append pages of detail)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class PipelineError(Exception):
     """A problem the user can fix; reported as one line, without a traceback."""
 

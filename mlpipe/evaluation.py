@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -65,19 +67,43 @@ def per_class_table(matrix: np.ndarray, class_names: tuple[str, ...]) -> pd.Data
     )
 
 
-def summary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def summary_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, per_class: pd.DataFrame
+) -> dict[str, float]:
     """Test accuracy, cross-entropy loss and macro F1, rounded for a stable metrics file."""
     predicted = probabilities.argmax(axis=1)
     chosen = probabilities[np.arange(len(labels)), labels.astype(np.int64)]
     loss = float(-np.log(np.clip(chosen, EPSILON, 1.0)).mean())
-    matrix = confusion_matrix(labels, predicted, probabilities.shape[1])
-    table = per_class_table(matrix, tuple(str(i) for i in range(probabilities.shape[1])))
     return {
         "test_accuracy": round(float((predicted == labels).mean()), 6),
         "test_loss": round(loss, 6),
-        "test_macro_f1": round(float(table["f1"].mean()), 6),
+        "test_macro_f1": round(float(per_class["f1"].mean()), 6),
         "test_samples": len(labels),
     }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the evaluate stage reports about one model on the test set."""
+
+    metrics: dict[str, float]
+    predictions: pd.DataFrame  # one row per test image
+    per_class: pd.DataFrame  # precision, recall, F1, support
+    confusion: pd.DataFrame  # the matrix, with a label column first
+
+
+def evaluate(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]
+) -> Evaluation:
+    """The test-set report from predicted probabilities; the confusion matrix is built once."""
+    predictions = predictions_table(labels, probabilities)
+    matrix = confusion_matrix(labels, predictions["predicted"].to_numpy(), len(class_names))
+    per_class = per_class_table(matrix, class_names)
+    confusion = pd.DataFrame(matrix, columns=list(class_names))
+    confusion.insert(0, "label", list(class_names))
+    return Evaluation(
+        summary_metrics(labels, probabilities, per_class), predictions, per_class, confusion
+    )
 
 
 def predictions_table(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:

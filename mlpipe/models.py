@@ -18,7 +18,6 @@ import numpy as np
 from keras import layers
 
 from mlpipe.config import ModelParams, TrainParams
-from mlpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +252,11 @@ def train_scan(
             else:
                 waited += 1
                 if waited >= params.early_stopping_patience:
-                    state = best_state
                     break
+    if params.early_stopping_patience:
+        # As `fit`'s EarlyStopping(restore_best_weights=True): the best epoch's weights at the
+        # end, whether training stopped early or ran all its epochs.
+        state = best_state
     fit_seconds = time.perf_counter() - started
     trainable, non_trainable, optimizer_state = state
     for variables, values in (
@@ -265,48 +267,3 @@ def train_scan(
         for variable, value in zip(variables, values, strict=True):
             variable.assign(value)
     return TrainResult(rows, fit_seconds)
-
-
-def parameter_count(params: ModelParams, image_shape: tuple[int, ...], num_classes: int) -> int:
-    """The trainable parameters `build_model` will create, counted without building it."""
-    count = 0
-    if params.type == "cnn":
-        height, width = image_shape[:2]
-        channels = image_shape[2] if len(image_shape) == 3 else 1
-        for filters in params.conv_filters:
-            count += 3 * 3 * channels * filters + filters
-            channels, height, width = filters, height // 2, width // 2
-        inputs = height * width * channels
-    else:
-        inputs = int(np.prod(image_shape))
-    for units in [*params.hidden_units, num_classes]:
-        count += inputs * units + units
-        inputs = units
-    return count
-
-
-def check_fits_in_memory(
-    model: ModelParams, train: TrainParams, image_shape: tuple[int, ...], num_classes: int
-) -> int:
-    """Refuse, before allocating it, a model whose training would not fit in free memory.
-
-    Training holds the weights, their gradients, a working copy and the optimizer's slots
-    (Adam two, RMSprop and SGD with momentum one), all float32. Returns the estimate in bytes.
-    """
-    import psutil
-
-    slots = {"adam": 2, "rmsprop": 1, "sgd": 1 if train.momentum else 0}[train.optimizer]
-    estimate = parameter_count(model, image_shape, num_classes) * 4 * (3 + slots)
-    available = psutil.virtual_memory().available
-    if estimate > available:
-        raise ConfigError(
-            f"params.yaml: model.hidden_units {_clipped(model.hidden_units)} (with "
-            f"model.conv_filters for cnn) needs about {estimate / 2**30:,.1f} GiB to train, "
-            f"more than the {available / 2**30:,.1f} GiB free; make the layers smaller"
-        )
-    return estimate
-
-
-def _clipped(values: list[int]) -> str:
-    text = str(values)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,47 +1,99 @@
-"""Paths of the pipeline, resolved once from the repository root."""
+"""Where the pipeline's files are, resolved once from a workspace root.
+
+`dvc repro` runs every stage from the repository root, so `HERE` (the current folder when the
+stage starts) is the default; tests hand a stage the `Layout` of a temporary folder instead.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-# Stages run from the repository root, as `dvc repro` runs them; tests point them at a
-# temporary copy of the layout by changing the working directory.
-ROOT = Path.cwd().resolve()
-PARAMS_FILE = ROOT / "params.yaml"
-
-RAW_DIR = ROOT / "data" / "raw"
-PROCESSED_DIR = ROOT / "data" / "processed"
-MODELS_DIR = ROOT / "models"
-REPORTS_DIR = ROOT / "reports"
-FIGURES_DIR = REPORTS_DIR / "figures"
-
-MODEL_FILE = MODELS_DIR / "model.keras"
-RUN_INFO_FILE = MODELS_DIR / "run.json"
-HISTORY_FILE = REPORTS_DIR / "history.csv"
-METRICS_FILE = REPORTS_DIR / "metrics.json"
-PER_CLASS_FILE = REPORTS_DIR / "per_class.csv"
-CONFUSION_FILE = REPORTS_DIR / "confusion.csv"
-PREDICTIONS_FILE = REPORTS_DIR / "predictions.csv"
+SPLITS = ("train", "val", "test")
 
 
-def workspace_root(root: Path = ROOT) -> Path:
-    """The user's workspace, which may differ from the folder the code runs in.
+@dataclass(frozen=True)
+class Layout:
+    """The files of one workspace: inputs, outputs and the params that drive them."""
 
-    `dvc exp run --queue` and `--temp` run stages in a throwaway copy under
-    `<workspace>/.dvc/tmp/exps/`. Anything that must outlive the run (the MLflow store) belongs
-    to the workspace. DVC names it in `DVC_ROOT` for queued runs; the path itself tells for the
-    rest.
-    """
-    dvc_root = os.environ.get("DVC_ROOT")
-    if dvc_root and not _inside_exp_copy(Path(dvc_root)):
-        return Path(dvc_root).resolve()
-    parts = root.parts
-    for index in range(len(parts) - 2):
-        if parts[index : index + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:index])
-    return root
+    root: Path
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    def raw_dir(self, dataset: str) -> Path:
+        return self.root / "data" / "raw" / dataset
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.root / "data" / "processed"
+
+    def split_file(self, split: str) -> Path:
+        return self.processed_dir / f"{split}.npz"
+
+    @property
+    def split_files(self) -> list[Path]:
+        return [self.split_file(split) for split in SPLITS]
+
+    @property
+    def summary_file(self) -> Path:
+        return self.processed_dir / "summary.csv"
+
+    @property
+    def model_file(self) -> Path:
+        return self.root / "models" / "model.keras"
+
+    @property
+    def run_record_file(self) -> Path:
+        return self.root / "models" / "run.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def history_file(self) -> Path:
+        return self.reports_dir / "history.csv"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def per_class_file(self) -> Path:
+        return self.reports_dir / "per_class.csv"
+
+    @property
+    def confusion_file(self) -> Path:
+        return self.reports_dir / "confusion.csv"
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.reports_dir / "predictions.csv"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.reports_dir / "figures"
+
+    @property
+    def workspace(self) -> Path:
+        """The user's workspace, which may differ from the folder the stage runs in.
+
+        `dvc exp run --queue` and `--temp` run stages in a throwaway copy under
+        `<workspace>/.dvc/tmp/exps/`. Anything that must outlive the run (the MLflow store)
+        belongs to the workspace. DVC names it in `DVC_ROOT` for queued runs; the path itself
+        tells for the rest.
+        """
+        dvc_root = os.environ.get("DVC_ROOT")
+        if dvc_root and ".dvc" not in Path(dvc_root).resolve().parts:
+            return Path(dvc_root).resolve()
+        parts = self.root.parts
+        for index in range(len(parts) - 2):
+            if parts[index : index + 3] == (".dvc", "tmp", "exps"):
+                return Path(*parts[:index])
+        return self.root
 
 
-def _inside_exp_copy(path: Path) -> bool:
-    return ".dvc" in path.resolve().parts
+HERE = Layout(Path.cwd().resolve())

@@ -9,6 +9,7 @@ import pandas as pd
 
 from mlpipe.datasets import RawSplits
 from mlpipe.errors import ConfigError
+from mlpipe.paths import SPLITS
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,10 @@ class Processed:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of one split, by its name in `mlpipe.paths.SPLITS`."""
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
 
 def stratified_split(
@@ -77,8 +82,8 @@ def preprocess(
 def class_summary(processed: Processed, class_names: tuple[str, ...]) -> pd.DataFrame:
     """Samples per class in each split, one row per class."""
     counts = {
-        split: np.bincount(getattr(processed, f"y_{split}"), minlength=len(class_names))
-        for split in ("train", "val", "test")
+        split: np.bincount(processed.split(split)[1], minlength=len(class_names))
+        for split in SPLITS
     }
     return pd.DataFrame(
         {

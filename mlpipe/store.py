@@ -22,8 +22,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from mlpipe.atomic import temp_sibling
-from mlpipe.errors import TrackingError
-from mlpipe.paths import workspace_root
+from mlpipe.errors import TrackingError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +45,18 @@ LOCATION_COLUMNS = (
 _WORKSPACE_LOCATION = re.compile(rf"^(file://)?(/.*)/{ARTIFACTS_DIR}$")
 
 
-def tracking_uri() -> str:
+SERVER_CHECK_TIMEOUT_S = 5.0  # a tracking server or database that does not answer by then is down
+
+
+def tracking_uri(workspace: Path) -> str:
     """The store's URI, absolute: `MLFLOW_TRACKING_URI`, else the workspace's `mlflow.db`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not uri:
-        return f"sqlite:///{workspace_root() / STORE_FILE}"
+        return f"sqlite:///{workspace / STORE_FILE}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         relative, _, query = uri.removeprefix("sqlite:///").partition("?")
         if relative and not relative.startswith(":memory:"):
-            absolute = (workspace_root() / relative).resolve()
+            absolute = (workspace / relative).resolve()
             return f"sqlite:///{absolute}" + (f"?{query}" if query else "")
     return uri
 
@@ -77,9 +79,8 @@ def shown_uri(uri: str) -> str:
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", uri)
 
 
-def store_label(uri: str | None = None) -> str:
+def store_label(uri: str) -> str:
     """How messages name the store: its file for SQLite, its URI (no password) otherwise."""
-    uri = uri or tracking_uri()
     path = sqlite_path(uri)
     return str(path) if path is not None else shown_uri(uri)
 
@@ -97,13 +98,21 @@ def use_store(uri: str) -> None:
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise, across processes, what must not interleave on one store (creation, promotion).
 
-    The lock file sits beside a SQLite store; for a server, in the workspace, which covers the
-    parallel jobs of one machine's DVC queue.
+    The lock file sits beside a SQLite store; for a server or database, in this user's temp
+    folder under a name made from the URI, which covers the parallel jobs of one machine's DVC
+    queue.
     """
+    import hashlib
+    import tempfile
+
     from filelock import FileLock, Timeout
 
     path = sqlite_path(uri)
-    lock = Path(f"{path}.lock") if path else workspace_root() / ".dvc" / "tmp" / "mlflow.lock"
+    if path is not None:
+        lock = Path(f"{path}.lock")
+    else:
+        name = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        lock = Path(tempfile.gettempdir()) / f"mlpipe-store-{os.getuid()}-{name}.lock"
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(lock, timeout=LOCK_TIMEOUT_S):
@@ -113,6 +122,72 @@ def store_lock(uri: str) -> Iterator[None]:
             f"{lock}: held by another process for over {LOCK_TIMEOUT_S:.0f} s; "
             "wait for it, or remove the file if no pipeline is running"
         ) from None
+
+
+def _bound_http_retries() -> None:
+    """Fail in seconds, not minutes, when a tracking server goes away mid-run."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, in one line, when the server or database behind `uri` cannot be used."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        _bound_http_retries()
+        _check_server(uri)
+    elif scheme and scheme not in ("sqlite", "file", "databricks"):
+        _check_database(uri)
+
+
+def _check_server(uri: str) -> None:
+    """Raise TrackingError at once if a tracking server does not answer its health check."""
+    import requests
+
+    try:
+        reply = requests.get(uri.rstrip("/") + "/health", timeout=SERVER_CHECK_TIMEOUT_S)
+        reply.raise_for_status()
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        if isinstance(exc, requests.HTTPError):
+            reason = f"HTTP {exc.response.status_code}"
+        raise TrackingError(
+            f"MLflow tracking server {shown_uri(uri)} (MLFLOW_TRACKING_URI) is not reachable "
+            f"({reason}); start it, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        ) from exc
+
+
+def _check_database(uri: str) -> None:
+    """Reach a database store (PostgreSQL, MySQL) within seconds, or say why not in one line.
+
+    MLflow itself retries a refused connection for about two minutes before it gives up.
+    """
+    try:
+        import sqlalchemy
+
+        timeout = {"connect_timeout": int(SERVER_CHECK_TIMEOUT_S)}
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout)
+    except ImportError as exc:
+        raise TrackingError(
+            f"MLflow store {shown_uri(uri)}: its database driver is not installed "
+            f"({exc.name or exc}); pip install -r requirements.txt"
+        ) from exc
+    except Exception as exc:
+        raise TrackingError(f"MLflow store {shown_uri(uri)}: {first_line(exc)}") from exc
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        reason = first_line(getattr(exc, "orig", None) or exc)
+        raise TrackingError(
+            f"MLflow store {shown_uri(uri)} is not reachable ({reason}); "
+            "start the database or check MLFLOW_TRACKING_URI"
+        ) from exc
+    finally:
+        engine.dispose()
 
 
 def prepare(uri: str, *, write: bool = True) -> None:
@@ -269,7 +344,7 @@ def describe_sqlite_error(exc: BaseException) -> str:
         return "not a SQLite database, so not an MLflow store; move it away"
     if "unable to open" in text:
         return "cannot be opened; check that its folder exists and is writable"
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first_line(exc)
 
 
 def describe_error(exc: BaseException) -> str:

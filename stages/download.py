@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import logging
 
-from mlpipe.cli import run_stage
-from mlpipe.config import load_params
+from mlpipe.config import Params, load_params
 from mlpipe.datasets import SPECS
 from mlpipe.download import download_dataset
-from mlpipe.paths import RAW_DIR
+from mlpipe.paths import HERE, Layout
+from mlpipe.runner import run_stage
 
 log = logging.getLogger("download")
 
 
-def main() -> None:
-    params = load_params()
+def main(layout: Layout = HERE, params: Params | None = None) -> None:
+    params = params or load_params(layout.params_file)
     spec = SPECS[params.base.dataset]
-    folder = RAW_DIR / spec.name
+    folder = layout.raw_dir(spec.name)
     download_dataset(spec, folder)
     log.info("%s: %d file(s) verified in %s", spec.name, len(spec.files), folder)
 

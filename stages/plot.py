@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlpipe.cli import run_stage
-from mlpipe.config import load_params
-from mlpipe.data import load_split
+from mlpipe.config import Params, load_params
 from mlpipe.datasets import SPECS
 from mlpipe.errors import DataError
-from mlpipe.paths import CONFUSION_FILE, FIGURES_DIR, HISTORY_FILE, PREDICTIONS_FILE
+from mlpipe.paths import HERE, Layout
+from mlpipe.runner import run_stage
+from mlpipe.splits import load_split
 
 log = logging.getLogger("plot")
 
@@ -30,27 +30,31 @@ log = logging.getLogger("plot")
 def read_table(path: Path, columns: set[str]) -> pd.DataFrame:
     try:
         table = pd.read_csv(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the stage that writes it (dvc repro)") from None
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: missing; run the stage that writes it (dvc repro)") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+        raise DataError(f"{path}: not a readable CSV ({exc})") from exc
     missing = columns - set(table.columns)
     if missing:
         raise DataError(f"{path}: lacks columns {sorted(missing)}")
     return table
 
 
-def main() -> None:
-    params = load_params()
+def main(layout: Layout = HERE, params: Params | None = None) -> None:
+    params = params or load_params(layout.params_file)
     spec = SPECS[params.base.dataset]
-    history = read_table(HISTORY_FILE, {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"})
-    predictions = read_table(PREDICTIONS_FILE, {"index", "label", "predicted", "probability"})
-    confusion = read_table(CONFUSION_FILE, {"label"})
-    x_train, y_train = load_split("train", spec)
-    x_test, y_test = load_split("test", spec)
+    history = read_table(
+        layout.history_file, {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    )
+    predictions = read_table(
+        layout.predictions_file, {"index", "label", "predicted", "probability"}
+    )
+    confusion = read_table(layout.confusion_file, {"label"})
+    x_train, y_train = load_split(layout, "train", spec)
+    x_test, y_test = load_split(layout, "test", spec)
     if len(predictions) != len(y_test) or not np.array_equal(predictions["label"], y_test):
         raise DataError(
-            f"{PREDICTIONS_FILE}: does not match the test set; run `dvc repro evaluate`"
+            f"{layout.predictions_file}: does not match the test set; run `dvc repro evaluate`"
         )
 
     from mlpipe import figures
@@ -90,27 +94,28 @@ def main() -> None:
         ),
     }
     # Remove figures a previous run left that this one does not make.
-    for stale in FIGURES_DIR.glob("*.png"):
+    for stale in layout.figures_dir.glob("*.png"):
         if stale.name not in built:
             stale.unlink()
-    finals = [FIGURES_DIR / name for name in built]
+    finals = [layout.figures_dir / name for name in built]
     with atomic_paths(*finals) as temps:
         for figure, temp in zip(built.values(), temps, strict=True):
             figures.save_png(figure, temp)
-    log.info("%d figures in %s", len(finals), FIGURES_DIR)
-    log_to_run(finals)
+    log.info("%d figures in %s", len(finals), layout.figures_dir)
+    log_to_run(layout, finals)
 
 
-def log_to_run(paths: list[Path]) -> None:
+def log_to_run(layout: Layout, paths: list[Path]) -> None:
     """Attach the figures to the MLflow run that trained the model."""
-    from mlpipe.tracking import attached_run, connect, read_run_info
+    from mlpipe.run_record import RunRecord
+    from mlpipe.runs import attached_run, connect
 
-    info = read_run_info()
-    client, _ = connect(info["experiment_name"])
-    with attached_run(client, info["run_id"]) as tracker:
+    record = RunRecord.read(layout.run_record_file)
+    client, _ = connect(record.experiment_name, layout.workspace)
+    with attached_run(client, record.run_id) as tracker:
         for path in paths:
             tracker.log_artifact(path, "figures")
-    log.info("figures logged to MLflow run %s", info["run_id"])
+    log.info("figures logged to MLflow run %s", record.run_id)
 
 
 if __name__ == "__main__":

@@ -10,36 +10,33 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from mlpipe.atomic import atomic_paths
-from mlpipe.cli import run_stage
-from mlpipe.config import load_params
-from mlpipe.data import processed_file
+from mlpipe.config import Params, load_params
 from mlpipe.datasets import SPECS, read_raw
-from mlpipe.paths import PROCESSED_DIR, RAW_DIR
+from mlpipe.paths import HERE, SPLITS, Layout
 from mlpipe.preprocessing import class_summary, preprocess
+from mlpipe.runner import run_stage
 
 log = logging.getLogger("preprocess")
 
 
-def main() -> None:
-    params = load_params()
+def main(layout: Layout = HERE, params: Params | None = None) -> None:
+    params = params or load_params(layout.params_file)
     spec = SPECS[params.base.dataset]
-    raw = read_raw(spec, RAW_DIR / spec.name)
+    raw = read_raw(spec, layout.raw_dir(spec.name))
     processed = preprocess(
         raw,
         validation_split=params.preprocess.validation_split,
         train_fraction=params.preprocess.train_fraction,
         seed=params.base.seed,
     )
-    import numpy as np
-
-    splits = ("train", "val", "test")
-    finals = [processed_file(split) for split in splits] + [PROCESSED_DIR / "summary.csv"]
     # All four appear together or not at all.
-    with atomic_paths(*finals) as temps:
-        for split, temp in zip(splits, temps, strict=False):
-            x = getattr(processed, f"x_{split}")
-            np.savez(temp, x=x, y=getattr(processed, f"y_{split}"))
+    with atomic_paths(*layout.split_files, layout.summary_file) as temps:
+        for split, temp in zip(SPLITS, temps, strict=False):
+            x, y = processed.split(split)
+            np.savez(temp, x=x, y=y)
             log.info("%s: %d samples of shape %s", split, len(x), x.shape[1:])
         class_summary(processed, spec.class_names).to_csv(temps[-1], index=False)
 

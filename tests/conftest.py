@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import chdir, contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,10 +53,62 @@ def stage_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_stage(
+@dataclass
+class StageResult:
+    """How a stage run ended, as a subprocess would report it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextmanager
+def environment(**env: str) -> Iterator[None]:
+    """`stage_env(**env)` as this process's environment for a while, then exactly as before."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(stage_env(**env))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def forget_mlflow_state() -> None:
+    """What a new process would not have: MLflow's artifact locations cached per run id (a
+    copied workspace has the same run ids at another place) and its pooled connections."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service import utils
+
+    utils._artifact_repos_cache.clear()
+    for engine in SqlAlchemyStore._engine_map.values():
+        engine.dispose()
+    SqlAlchemyStore._engine_map.clear()
+
+
+def run_stage(workspace: Path, name: str, timeout: float | None = None, **env: str) -> StageResult:
+    """Run stage `name` on `workspace` in this process, as `python -m stages.<name>` would.
+
+    The stage gets the workspace's layout and the given environment; what it prints and logs
+    is captured; its exit code is what `python -m` would exit with. TensorFlow is imported
+    once per test session, not once per stage.
+    """
+    from mlpipe.paths import Layout
+    from mlpipe.runner import execute
+
+    module = importlib.import_module(f"stages.{name}")
+    forget_mlflow_state()
+    out, err = io.StringIO(), io.StringIO()
+    with chdir(workspace), environment(**env), redirect_stdout(out), redirect_stderr(err):
+        code = execute(name, lambda: module.main(Layout(workspace.resolve())))
+    return StageResult(code, out.getvalue(), err.getvalue())
+
+
+def run_stage_process(
     workspace: Path, name: str, timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m stages.<name>` in `workspace` as DVC would, capturing its output."""
+    """Run `python -m stages.<name>` in `workspace` as DVC would, in its own process."""
     return subprocess.run(
         [sys.executable, "-m", f"stages.{name}"],
         cwd=workspace,
@@ -60,6 +117,21 @@ def run_stage(
         text=True,
         timeout=timeout,
     )
+
+
+def run_predict(workspace: Path, *args: str, **env: str) -> StageResult:
+    """`python -m mlpipe.predict ARGS` from `workspace`, in this process."""
+    from mlpipe import predict
+    from mlpipe.paths import Layout
+
+    forget_mlflow_state()
+    out, err = io.StringIO(), io.StringIO()
+    with chdir(workspace), environment(**env), redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = predict.main(list(args), layout=Layout(workspace.resolve()))
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return StageResult(code, out.getvalue(), err.getvalue())
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -121,16 +193,30 @@ def dvc(
 QUICK = {"train__epochs": 2, "train__batch_size": 16, "model__hidden_units": [16]}
 
 
-@pytest.fixture
-def trained(workspace: Path) -> Path:
-    """A workspace where the train stage has run on tiny processed data."""
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace where the train stage has run on tiny processed data, once per module."""
     from tests.fakes import set_params, write_processed
 
+    workspace = tmp_path_factory.mktemp("trained") / "ws"
+    workspace.mkdir()
+    shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
     write_processed(workspace)
     set_params(workspace, **QUICK)
     result = run_stage(workspace, "train")
     assert result.returncode == 0, result.stderr[-3000:]
     return workspace
+
+
+@pytest.fixture
+def trained(trained_once: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the module's trained workspace (its store follows the copy)."""
+    from mlpipe.store import prepare, tracking_uri
+
+    copy = Path(shutil.copytree(trained_once, tmp_path / "trained", symlinks=True))
+    forget_mlflow_state()
+    prepare(tracking_uri(copy))  # as the next stage would: the copy's store follows it
+    return copy
 
 
 def client_for(workspace: Path):

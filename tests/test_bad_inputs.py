@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import QUICK, REPO, error_lines, run_stage, stage_env
+from tests.conftest import (
+    QUICK,
+    REPO,
+    StageResult,
+    error_lines,
+    run_predict,
+    run_stage,
+    run_stage_process,
+    stage_env,
+)
 from tests.fakes import set_params, write_processed, write_raw
 
 pytestmark = pytest.mark.reliability
@@ -29,7 +38,7 @@ def full_disk(file, *args, **kwargs):
         handle.write(b"half an archive")
     raise OSError(errno.ENOSPC, "No space left on device", str(file))
 np.savez = full_disk
-from mlpipe.cli import run_stage
+from mlpipe.runner import run_stage
 from stages import preprocess
 run_stage("preprocess", preprocess.main)
 """
@@ -178,7 +187,7 @@ CASES = [
     Case(
         "params-negative-epochs",
         stage("preprocess"),
-        "train.epochs must be a positive integer (got -1)",
+        "train.epochs must be an integer greater than 0 and at most 100000 (got -1)",
         params_edit("epochs: 2", "epochs: -1"),
         exit_code=2,
     ),
@@ -192,7 +201,7 @@ CASES = [
     Case(
         "params-string-batch",
         stage("preprocess"),
-        "train.batch_size must be a positive integer (got 'big')",
+        "train.batch_size must be an integer greater than 0 and at most 1000000 (got 'big')",
         params_edit("batch_size: 16", "batch_size: big"),
         exit_code=2,
     ),
@@ -248,7 +257,7 @@ CASES = [
     Case(
         "params-split-out-of-range",
         stage("preprocess"),
-        "preprocess.validation_split must be a fraction",
+        "preprocess.validation_split must be a number greater than 0 and less than 1 (got 1.5)",
         params_edit("validation_split: 0.1", "validation_split: 1.5"),
         exit_code=2,
     ),
@@ -467,7 +476,7 @@ CASES = [
     Case(
         "model-other-class-count",
         stage("evaluate"),
-        "gives 3 outputs per image, but mnist has 10 classes",
+        "gives 3 outputs per image, but the dataset has 10 classes",
         lambda ws: run_python(ws, THREE_CLASSES),
     ),
 ]
@@ -502,12 +511,13 @@ def test_there_are_at_least_25_cases() -> None:
     assert len({case.id for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input(case: Case, complete: Path, tmp_path: Path) -> None:
-    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
-    case.damage(ws)
-    before = snapshot(ws)
-    result = subprocess.run(
+def run_case(case: Case, ws: Path) -> StageResult | subprocess.CompletedProcess[str]:
+    """Stages and predict run in this process (TensorFlow loads once); scripts in their own."""
+    if case.command[:1] == ["-m"] and case.command[1].startswith("stages."):
+        return run_stage(ws, case.command[1].removeprefix("stages."), **case.env)
+    if case.command[:2] == ["-m", "mlpipe.predict"]:
+        return run_predict(ws, *case.command[2:], **case.env)
+    return subprocess.run(
         [sys.executable, *case.command],
         cwd=ws,
         env=stage_env(**case.env),
@@ -515,6 +525,14 @@ def test_bad_input(case: Case, complete: Path, tmp_path: Path) -> None:
         text=True,
         timeout=180,
     )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input(case: Case, complete: Path, tmp_path: Path) -> None:
+    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
+    case.damage(ws)
+    before = snapshot(ws)
+    result = run_case(case, ws)
     assert result.returncode == case.exit_code, result.stderr[-3000:]
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr[-3000:]
@@ -525,3 +543,32 @@ def test_bad_input(case: Case, complete: Path, tmp_path: Path) -> None:
     added = sorted(set(after) - set(before))
     changed = sorted(name for name in set(before) & set(after) if before[name] != after[name])
     assert added == [] and changed == [], (added, changed)
+
+
+@pytest.mark.parametrize(
+    ("stage", "damage", "exit_code"),
+    [("evaluate", remove("models/run.json"), 1), ("train", lambda ws: None, 2)],
+    ids=["problem-exits-1", "bad-params-exit-2"],
+)
+def test_exit_code_contract_of_a_real_process(
+    complete: Path, tmp_path: Path, stage: str, damage: Callable[[Path], None], exit_code: int
+) -> None:
+    """The exit codes DVC sees, from `python -m stages.<name>` in its own process."""
+    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
+    damage(ws)
+    if exit_code == 2:
+        set_params(ws, train__epochs=-1)
+    result = run_stage_process(ws, stage)
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert len(error_lines(result.stderr)) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_switch_prints_the_traceback_behind_the_line(complete: Path, tmp_path: Path) -> None:
+    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
+    (ws / "models/run.json").unlink()
+    quiet = run_stage(ws, "evaluate")
+    loud = run_stage(ws, "evaluate", MLPIPE_DEBUG="1")
+    assert "Traceback" not in quiet.stderr
+    assert "Traceback" in loud.stderr and "FileNotFoundError" in loud.stderr
+    assert error_lines(loud.stderr) == error_lines(quiet.stderr)

@@ -53,15 +53,27 @@ def test_defaults_are_the_tutorial() -> None:
 BAD = [
     (
         with_value("train.epochs", -1),
-        "params.yaml: train.epochs must be a positive integer (got -1)",
+        "params.yaml: train.epochs must be an integer greater than 0 and at most 100000 (got -1)",
     ),
-    (with_value("train.epochs", 0), "train.epochs must be a positive integer (got 0)"),
-    (with_value("train.epochs", "20"), "train.epochs must be a positive integer (got '20')"),
-    (with_value("train.epochs", 2.5), "train.epochs must be a positive integer (got 2.5)"),
-    (with_value("train.epochs", True), "train.epochs must be a positive integer (got true)"),
+    (
+        with_value("train.epochs", 0),
+        "train.epochs must be an integer greater than 0 and at most 100000 (got 0)",
+    ),
+    (
+        with_value("train.epochs", "20"),
+        "train.epochs must be an integer greater than 0 and at most 100000 (got '20')",
+    ),
+    (
+        with_value("train.epochs", 2.5),
+        "train.epochs must be an integer greater than 0 and at most 100000 (got 2.5)",
+    ),
+    (
+        with_value("train.epochs", True),
+        "train.epochs must be an integer greater than 0 and at most 100000 (got true)",
+    ),
     (
         with_value("train.batch_size", None),
-        "train.batch_size must be a positive integer (got null)",
+        "train.batch_size must be an integer greater than 0 and at most 1000000 (got null)",
     ),
     (with_value("train.learning_rate", 0), "train.learning_rate must be a number greater than 0"),
     (
@@ -82,23 +94,23 @@ BAD = [
     (with_value("model.type", "rnn"), "model.type must be one of mlp, cnn (got 'rnn')"),
     (
         with_value("model.hidden_units", []),
-        "model.hidden_units must be a non-empty list of positive integers (got [])",
+        "model.hidden_units must be a non-empty list of integers greater than 0 (got [])",
     ),
     (
         with_value("model.hidden_units", [784, -32]),
-        "model.hidden_units.1 must be a non-empty list of positive integers (got -32)",
+        "model.hidden_units.1 must be a non-empty list of integers greater than 0 (got -32)",
     ),
     (
         with_value("model.hidden_units", 784),
-        "model.hidden_units must be a non-empty list of positive integers (got 784)",
+        "model.hidden_units must be a non-empty list of integers greater than 0 (got 784)",
     ),
     (
         with_value("preprocess.validation_split", 1.0),
-        "preprocess.validation_split must be a fraction strictly between 0 and 1 (got 1.0)",
+        "preprocess.validation_split must be a number greater than 0 and less than 1 (got 1.0)",
     ),
     (
         with_value("preprocess.train_fraction", 0),
-        "preprocess.train_fraction must be a fraction greater than 0 and at most 1 (got 0)",
+        "preprocess.train_fraction must be a number greater than 0 and at most 1 (got 0)",
     ),
     (
         with_value("plot.sample_grid", 100),
@@ -109,7 +121,10 @@ BAD = [
         "train.epoch is not a known key (allowed here: optimizer, learning_rate",
     ),
     (with_value("train.loop", "while"), "train.loop must be one of fit, scan (got 'while')"),
-    (without("train.epochs"), "train.epochs is missing; it must be a positive integer"),
+    (
+        without("train.epochs"),
+        "train.epochs is missing; it must be an integer greater than 0 and at most 100000",
+    ),
     (without("mlflow"), "section mlflow is missing"),
     (
         default_raw() | {"extra": {"a": 1}},
@@ -158,7 +173,8 @@ def test_stage_exits_2_with_one_line_and_touches_nothing(workspace: Path, stage:
     result = run_stage(workspace, stage, timeout=60)
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
-        "error: params.yaml: train.epochs must be a positive integer (got -1)"
+        "error: params.yaml: train.epochs must be an integer greater than 0 and at most 100000 "
+        "(got -1)"
     ]
     assert "Traceback" not in result.stderr
     assert files_under(workspace) == before
@@ -285,10 +301,26 @@ def test_empty_validation_or_training_split_is_refused_naming_the_keys() -> None
 
 
 def test_model_too_large_for_memory_is_refused_before_it_is_built() -> None:
-    from mlpipe.models import check_fits_in_memory, parameter_count
+    from mlpipe.sizing import check_fits_in_memory, parameter_count
 
     params = load_params(REPO / "params.yaml")
     assert parameter_count(params.model, (28, 28), 10) == 640_890  # the tutorial's network
     huge = params.model.model_copy(update={"hidden_units": [100_000_000]})
     with pytest.raises(ConfigError, match=r"model\.hidden_units \[100000000\] .* needs about"):
         check_fits_in_memory(huge, params.train, (28, 28), 10)
+
+
+def test_message_comes_from_the_constraint_itself() -> None:
+    """A value past the upper bound is told the bound, not a generic 'positive integer'."""
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.batch_size must be an integer greater than 0 "
+        r"and at most 1000000 \(got 2000000\)",
+    ):
+        parse_params(with_value("train.batch_size", 2_000_000))
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.dropout must be a number at least 0 and less "
+        r"than 1 \(got 1\.0\)",
+    ):
+        parse_params(with_value("model.dropout", 1.0))

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from mlpipe.atomic import json_text
-from mlpipe.evaluation import confusion_matrix, per_class_table, predictions_table, summary_metrics
+from mlpipe.evaluation import confusion_matrix, evaluate, per_class_table, predictions_table
 
 # Three classes. Labels and predictions chosen so every number below can be checked by hand.
 LABELS = np.array([0, 0, 0, 1, 1, 2])
 PREDICTED = np.array([0, 0, 1, 1, 2, 2])
+
+
+NAMES = ("a", "b", "c")  # three classes, as LABELS
 
 
 def one_hot_probabilities(predicted: np.ndarray, confidence: float = 0.8) -> np.ndarray:
@@ -43,8 +46,8 @@ def test_class_never_predicted_has_zero_precision_not_nan() -> None:
     assert table["f1"].tolist() == pytest.approx([2 / 3, 0.0])
 
 
-def test_summary_metrics_accuracy_and_loss() -> None:
-    metrics = summary_metrics(LABELS, one_hot_probabilities(PREDICTED))
+def test_metrics_accuracy_and_loss() -> None:
+    metrics = evaluate(LABELS, one_hot_probabilities(PREDICTED), NAMES).metrics
     assert metrics["test_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
     # Right answers get 0.8, wrong ones 0.1: loss = -(4 ln 0.8 + 2 ln 0.1) / 6.
     assert metrics["test_loss"] == pytest.approx(
@@ -55,7 +58,7 @@ def test_summary_metrics_accuracy_and_loss() -> None:
 
 
 def test_metrics_json_is_stable() -> None:
-    metrics = summary_metrics(LABELS, one_hot_probabilities(PREDICTED))
+    metrics = evaluate(LABELS, one_hot_probabilities(PREDICTED), NAMES).metrics
     text = json_text(metrics)
     assert text.endswith("}\n")
     assert list(json.loads(text)) == sorted(metrics)

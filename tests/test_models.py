@@ -133,10 +133,11 @@ def test_early_stopping_stops_before_the_last_epoch() -> None:
 
 JAX_SCRIPT = """
 import json, numpy as np, keras
+from pathlib import Path
 from mlpipe.config import load_params
 from mlpipe.models import build_model, train, train_scan
 from tests.test_models import tiny_data
-params = load_params()
+params = load_params(Path("params.yaml"))
 x, y, xv, yv = tiny_data()
 x, y = np.concatenate([x] * 10), np.concatenate([y] * 10)
 results = {}
@@ -184,3 +185,72 @@ def test_jax_backend_fit_and_scan_agree() -> None:
         assert run["val_accuracy"] >= 0.9, loop
         # The trained weights are in the model afterwards: its own predictions agree.
         assert run["model_accuracy"] == pytest.approx(run["val_accuracy"], abs=1e-6), loop
+
+
+PARITY_SCRIPT = """
+import json, numpy as np, keras
+from pathlib import Path
+from mlpipe.config import load_params
+from mlpipe.models import build_model, train, train_scan
+from tests.test_models import tiny_data
+params = load_params(Path("params.yaml"))
+x, y, _, _ = tiny_data()
+# Validation labels disagree with training labels: the better the model learns, the worse its
+# val_loss, so the best epoch is the first, in both loops, whatever their rounding.
+xv, yv = x, (y + 1) % 10
+results = {}
+for scenario, epochs, patience in (("stops early", 30, 2), ("runs out", 4, 10)):
+    for loop in ("fit", "scan"):
+        keras.utils.set_random_seed(3)
+        small = params.model.model_copy(update={"hidden_units": [16]})
+        model = build_model(small, (28, 28), 10, seed=3)
+        changes = {"epochs": epochs, "batch_size": len(x), "learning_rate": 0.5, "loop": loop,
+                   "early_stopping_patience": patience}
+        settings = params.train.model_copy(update=changes)
+        runner = train if loop == "fit" else lambda *a: train_scan(*a, seed=3)
+        result = runner(model, settings, (x, y, xv, yv), 10)
+        model.compile(loss=settings.loss, metrics=["accuracy"])
+        labels = keras.utils.to_categorical(yv, 10)
+        val_loss, val_accuracy = model.evaluate(xv, labels, verbose=0)
+        results[f"{scenario}/{loop}"] = {
+            "epochs_run": len(result.history),
+            "best_val_loss": min(row["val_loss"] for row in result.history),
+            "last_val_loss": result.history[-1]["val_loss"],
+            "final_val_loss": val_loss,
+            "final_val_accuracy": val_accuracy,
+        }
+print(json.dumps(results))
+"""
+
+
+def test_fit_and_scan_stop_alike_and_both_end_on_the_best_weights() -> None:
+    """Same seed and params on CPU JAX: both loops stop at the same epoch, end with the best
+    epoch's weights whether they stopped early or not, and agree within half a point."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    from tests.conftest import stage_env
+
+    result = subprocess.run(
+        [sys.executable, "-c", PARITY_SCRIPT],
+        cwd=REPO,
+        env=stage_env(KERAS_BACKEND="jax"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    for scenario, epochs_run in (("stops early", 3), ("runs out", 4)):
+        fit, scan = runs[f"{scenario}/fit"], runs[f"{scenario}/scan"]
+        assert fit["epochs_run"] == scan["epochs_run"] == epochs_run, scenario
+        for loop, run in (("fit", fit), ("scan", scan)):
+            assert run["last_val_loss"] > run["best_val_loss"], (scenario, loop)
+            # The model holds the best epoch's weights, not the last epoch's.
+            assert run["final_val_loss"] == pytest.approx(run["best_val_loss"], rel=1e-4), (
+                scenario,
+                loop,
+            )
+        assert abs(fit["final_val_accuracy"] - scan["final_val_accuracy"]) <= 0.005, scenario

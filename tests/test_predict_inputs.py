@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw, ImageFile
 from mlpipe import predict
 from mlpipe.errors import ModelError
 from mlpipe.images import ImageInputError, check_image, open_image, to_mnist
-from mlpipe.loading import load_keras_model
+from mlpipe.model_files import load_keras_model
+from mlpipe.paths import Layout
 
 
 def digit(ink: int = 20, paper: int = 235, size: int = 60) -> np.ndarray:
@@ -158,12 +159,12 @@ def test_check_image_refuses_without_blocking(tmp_path: Path, kind: str, message
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """predict as a user runs it, but with no params.yaml to read and quiet TensorFlow."""
-    monkeypatch.setattr(predict, "PARAMS_FILE", tmp_path / "no-params.yaml")
+    monkeypatch.setattr(predict, "HERE", Layout(tmp_path))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _no_model(source: str) -> None:
+def _no_model(layout: Layout, source: str) -> None:
     raise AssertionError(f"the model {source} was loaded before every image was checked")
 
 
@@ -317,9 +318,9 @@ def test_cli_decodes_one_image_at_a_time(
         most_alive[0] = max(most_alive[0], alive())
         return original_load(self)
 
-    def spy_model(source: str) -> object:
+    def spy_model(layout: Layout, source: str) -> object:
         before_model.append(len(decoded))
-        return original_model(source)
+        return original_model(layout, source)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
     monkeypatch.setattr(predict, "load_model", spy_model)

@@ -53,21 +53,25 @@ def usable(path: Path) -> bool:
 def test_relative_sqlite_uri_resolves_against_the_workspace_not_dvcs_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    workspace = tmp_path / "ws"
-    copy = workspace / ".dvc" / "tmp" / "exps" / "tmpabc123"
-    copy.mkdir(parents=True)
-    monkeypatch.setattr("mlpipe.paths.ROOT", copy)
+    from mlpipe.paths import Layout
+
+    workspace = (tmp_path / "ws").resolve()
+    copy = Layout(workspace / ".dvc" / "tmp" / "exps" / "tmpabc123")
+    copy.root.mkdir(parents=True)
+    assert copy.workspace == workspace  # from the path alone
     monkeypatch.setenv("DVC_ROOT", str(workspace))
+    assert copy.workspace == workspace  # and from DVC's own variable
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    assert store.tracking_uri() == f"sqlite:///{workspace.resolve() / 'mlflow.db'}"
+    assert store.tracking_uri(copy.workspace) == f"sqlite:///{workspace / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/team.db?timeout=20")
-    assert store.tracking_uri() == f"sqlite:///{workspace.resolve()}/stores/team.db?timeout=20"
-    assert store.artifact_root(store.tracking_uri()) == (workspace / "stores/mlartifacts").as_uri()
+    uri = store.tracking_uri(copy.workspace)
+    assert uri == f"sqlite:///{workspace}/stores/team.db?timeout=20"
+    assert store.artifact_root(uri) == (workspace / "stores/mlartifacts").as_uri()
     # Absolute URIs and servers are left as they are.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/mlflow.db")
-    assert store.tracking_uri() == "sqlite:////srv/mlflow.db"
+    assert store.tracking_uri(workspace) == "sqlite:////srv/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert store.tracking_uri() == "http://127.0.0.1:5000"
+    assert store.tracking_uri(workspace) == "http://127.0.0.1:5000"
 
 
 def test_password_in_a_store_uri_is_never_shown() -> None:
@@ -309,7 +313,10 @@ def test_predict_where_no_store_exists_creates_none(
     pixels.paste(255, (10, 4, 18, 24))
     pixels.save(image)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri_of(tmp_path / "mlflow.db"))
-    assert predict.main([str(image), "--model", "models:/keras-tutorial-mnist@champion"]) == 1
+    from mlpipe.paths import Layout
+
+    argv = [str(image), "--model", "models:/keras-tutorial-mnist@champion"]
+    assert predict.main(argv, layout=Layout(tmp_path)) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "no MLflow store here" in error
     assert "\n" not in error
@@ -317,7 +324,7 @@ def test_predict_where_no_store_exists_creates_none(
 
 
 def test_database_store_without_its_driver_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlpipe.tracking import check_reachable
+    from mlpipe.store import check_reachable
 
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(TrackingError, match=r"database driver is not installed") as caught:

@@ -122,3 +122,15 @@ def load_keras_model(path: Path) -> keras.Model:
         raise ModelError(f"{path}: cannot be loaded ({_first_line(exc)})") from exc
     except Exception as exc:  # Keras raises many types for damaged contents.
         raise ModelError(f"{path}: cannot be loaded ({_first_line(exc)})") from exc
+
+
+def check_output_count(model: keras.Model, num_classes: int, source: str, fix: str) -> None:
+    """Refuse a model made for another dataset (another class count) before it is used."""
+    shape = model.output_shape
+    if not isinstance(shape, tuple):
+        raise ModelError(f"{source}: has {len(shape)} outputs; a classifier has a single one")
+    if shape[-1] != num_classes:
+        raise ModelError(
+            f"{source}: gives {shape[-1]} outputs per image, but the dataset has "
+            f"{num_classes} classes; {fix}"
+        )

@@ -1,5 +1,7 @@
 """How a stage runs: logging, one-line errors and exit codes that tell what happened.
 
+`MLPIPE_DEBUG=1` prints the full traceback behind a one-line error.
+
 Exit codes: 0 done; 1 a problem with data, models, network or tracking; 2 invalid params or
 arguments; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
 """
@@ -11,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
@@ -19,6 +22,7 @@ from mlpipe.errors import PipelineError, Terminated
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+DEBUG_ENV = "MLPIPE_DEBUG"  # set to 1 to see the full traceback behind a one-line error
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -36,52 +40,71 @@ def describe_os_error(exc: OSError) -> str:
     return f"{where}: {exc.strerror or exc}"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is now, so a stage run in-process logs where it prints."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """One line per event, `HH:MM:SS logger: message`, on standard error; set up once."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, _CurrentStderr) for handler in root.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
     # Keep TensorFlow's C++ start-up chatter out of the stage logs.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
-    """Run a stage's main and exit with a code that says how it ended.
+def execute(name: str, main: Callable[[], None]) -> int:
+    """Run a stage's main; return the exit code that says how it ended.
 
+    Errors a user can act on are one line; `MLPIPE_DEBUG=1` prints the whole traceback first.
     SIGTERM is turned into an exception, so `finally` blocks (temp files, MLflow runs) run for
     it just as they do for Ctrl-C.
     """
     configure_logging()
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     log = logging.getLogger(name)
     try:
-        from mlpipe.timing import bookkeeping, write_report
-        from mlpipe.tracking import close_orphans_in_workspace
-
-        with bookkeeping():
-            close_orphans_in_workspace()
         main()
-        write_report(name)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         log.error("interrupted; no output was left half-written")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except Terminated:
         log.error("terminated; no output was left half-written")
-        sys.exit(EXIT_TERMINATED)
+        return EXIT_TERMINATED
     except MemoryError:
-        print(
-            "error: out of memory; make the model (model.hidden_units, model.conv_filters) or "
+        return _fail(
+            "out of memory; make the model (model.hidden_units, model.conv_filters) or "
             "the batches (train.batch_size, evaluate.batch_size) smaller",
-            file=sys.stderr,
+            1,
         )
-        sys.exit(1)
     except OSError as exc:
         # Disk full, permission denied, a file where a folder should be: the user's to fix.
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(0)
+        return _fail(describe_os_error(exc), 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exc(file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
+    """`python -m stages.<name>`: run the stage and exit with its code."""
+    sys.exit(execute(name, main))

@@ -1,0 +1,113 @@
+"""Classifying image files with a trained model: the work behind `python -m mlpipe.predict`.
+
+The model comes from a `.keras` file or from the MLflow registry (the champion by default),
+loaded in Keras safe mode. Images are decoded one at a time and predicted in chunks, so memory
+stays flat however many files are given; outputs that hold NaN or infinity are refused.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlpipe.config import load_params, registered_model_name
+from mlpipe.errors import ModelError, TrackingError, first_line
+from mlpipe.images import ImageInputError, open_image, to_model_input
+from mlpipe.paths import Layout
+
+# Images converted and predicted together: few enough that memory stays small, enough that
+# Keras' per-call overhead is paid rarely.
+CHUNK_SIZE = 64
+DEFAULT_PREFIX = "keras-tutorial"  # the registered-model prefix when there is no params.yaml
+
+
+@dataclass(frozen=True)
+class Prediction:
+    file: str
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+
+
+def default_model_uri(layout: Layout, dataset: str | None) -> tuple[str, str]:
+    """The champion of the dataset from params.yaml (or the one given), and that dataset."""
+    if layout.params_file.is_file():
+        params = load_params(layout.params_file)
+        dataset = dataset or params.base.dataset
+        prefix = params.mlflow.registered_model_name
+    else:
+        dataset = dataset or "mnist"
+        prefix = DEFAULT_PREFIX
+    return f"models:/{registered_model_name(prefix, dataset)}@champion", dataset
+
+
+def load_model(layout: Layout, source: str):
+    """A Keras model from a `.keras` file or an MLflow model URI, loaded in safe mode."""
+    from mlpipe.model_files import load_keras_model
+
+    if "://" not in source and not source.startswith(("models:", "runs:")):
+        if Path(source).is_dir():
+            raise ModelError(f"{source}: is a directory; give a .keras file or an MLflow model URI")
+        return load_keras_model(Path(source))
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mlpipe.store import prepare, store_label, tracking_uri, use_store
+
+    uri = tracking_uri(layout.workspace)
+    try:
+        # Reading only: a store that does not exist is not created, a read-only one is read.
+        prepare(uri, write=False)
+    except TrackingError as exc:
+        raise ModelError(f"model {source}: {exc}") from exc
+    use_store(uri)
+    with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as scratch:
+        try:
+            folder = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch)
+            )
+        except MlflowException as exc:
+            raise ModelError(
+                f"model {source} not found in {store_label(uri)} ({first_line(exc)})"
+            ) from exc
+        except OSError as exc:
+            raise ModelError(f"model {source}: its files cannot be read ({exc})") from exc
+        # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
+        for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
+            if path.is_file():
+                return load_keras_model(path)
+        raise ModelError(f"model {source} holds no Keras model (no artifacts/model.keras)")
+
+
+def _chunks(paths: list[Path]) -> Iterator[list[Path]]:
+    for start in range(0, len(paths), CHUNK_SIZE):
+        yield paths[start : start + CHUNK_SIZE]
+
+
+def _model_input(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """One file decoded and converted; its full-size pixels are dropped on return."""
+    image = open_image(path)  # its errors name the file already
+    try:
+        return to_model_input(image, shape)
+    except ImageInputError as exc:
+        raise ImageInputError(f"{path}: {exc}") from exc
+
+
+def classify(
+    model, paths: list[Path], class_names: tuple[str, ...], top: int, source: str
+) -> list[Prediction]:
+    """The `top` classes for each file, decoding one image at a time, predicting per chunk."""
+    from mlpipe.evaluation import check_model_outputs
+
+    shape = tuple(model.input_shape[1:])
+    results = []
+    for chunk in _chunks(paths):
+        batch = np.stack([_model_input(path, shape) for path in chunk])
+        probabilities = np.asarray(model.predict(batch, verbose=0))
+        check_model_outputs(probabilities, len(class_names), source)
+        for path, row in zip(chunk, probabilities, strict=True):
+            best = np.argsort(-row, kind="stable")[:top]
+            results.append(Prediction(str(path), [(class_names[i], float(row[i])) for i in best]))
+    return results

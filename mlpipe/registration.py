@@ -1,0 +1,77 @@
+"""The trained model into MLflow: logged with its signature and runtime, and registered.
+
+The registered model is the pyfunc in `mlpipe/serving.py` around the Keras file, so serving
+refuses inputs that are not 0-255 pixels instead of answering a blank image.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mlpipe.datasets import DatasetSpec
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+
+def backend_tags() -> dict[str, str]:
+    """The Keras backend and the versions a run was trained with."""
+    import keras
+
+    tags = {"keras.backend": keras.backend.backend(), "keras.version": keras.__version__}
+    for module in ("tensorflow", "jax"):
+        if module in sys.modules:
+            tags[f"{module}.version"] = sys.modules[module].__version__
+    tags["python.version"] = platform.python_version()
+    return tags
+
+
+def pip_requirements() -> list[str]:
+    """The model's runtime, pinned; given explicitly so MLflow need not infer it (slow)."""
+    import keras
+
+    requirements = [f"keras=={keras.__version__}"]
+    for module in ("tensorflow", "jax", "jaxlib"):
+        if module in sys.modules:
+            requirements.append(f"{module}=={sys.modules[module].__version__}")
+    return requirements
+
+
+def log_and_register(keras_file: Path, spec: DatasetSpec, registered_name: str) -> ModelInfo:
+    """Log the Keras file as the active run's model and register it as a new version."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    with warnings.catch_warnings():
+        # MLflow asks for type hints on `predict`; they would compete with the signature.
+        warnings.filterwarnings("ignore", "Add type hints to the `predict` method", UserWarning)
+        from mlpipe import serving
+
+    # Numbers in, so the served model sees what was sent and can refuse [0, 1] floats rather
+    # than have MLflow cast them to zeros.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, *spec.image_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.num_classes))]),
+    )
+    with tempfile.TemporaryDirectory(prefix="mlpipe-") as scratch, warnings.catch_warnings():
+        # The serving example is logged with the run (serving_input_example.json).
+        warnings.filterwarnings("ignore", "An input example was not provided", UserWarning)
+        # The artifact keeps the real file name, not that of a temp sibling.
+        named = shutil.copy(keras_file, Path(scratch) / "model.keras")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=serving.__file__,
+            artifacts={serving.KERAS_ARTIFACT: str(named)},
+            signature=signature,
+            registered_model_name=registered_name,
+            pip_requirements=pip_requirements(),
+        )

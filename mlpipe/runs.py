@@ -1,0 +1,253 @@
+"""MLflow runs: how a stage connects, how a run starts, what it records and how it ends.
+
+Where the store is and whether it is sound is `mlpipe.store`'s concern; closing runs that a
+dead process left RUNNING is `mlpipe.orphans`'.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlpipe.errors import Terminated, TrackingError, first_line
+from mlpipe.orphans import close_orphaned_runs
+from mlpipe.store import (
+    artifact_root,
+    check_reachable,
+    describe_error,
+    prepare,
+    store_label,
+    store_lock,
+    tracking_uri,
+    use_store,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tracker:
+    """An MLflow run, with the time spent in MLflow calls counted (the train stage reports it)."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    seconds: float = 0.0
+    calls: int = 0
+    _pending: Any = None  # the last batch queued for the background writer
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        """Count the time of the MLflow calls inside; turn their failures into one line."""
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
+
+        start = time.perf_counter()
+        try:
+            yield
+        except (MlflowException, SQLAlchemyError) as exc:
+            raise TrackingError(
+                f"MLflow tracking store {store_label(self.client.tracking_uri)} failed: "
+                f"{describe_error(exc)}"
+            ) from exc
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        with self.timed():
+            self.client.log_batch(
+                self.run_id, params=[Param(key, str(value)) for key, value in params.items()]
+            )
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        with self.timed():
+            self.client.log_batch(self.run_id, metrics=_metrics(metrics, step))
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Queue an epoch's metrics for MLflow's background writer: training never waits on it.
+
+        The previous batch must have landed by now (an epoch has passed): waiting for it here
+        costs nothing, and a store that went away is reported one epoch late, not at the end.
+        """
+        with self.timed():
+            self._wait()
+            self._pending = self.client.log_batch(
+                self.run_id, metrics=_metrics(metrics, epoch), synchronous=False
+            )
+
+    def flush(self) -> None:
+        """Wait until every queued batch is written; raise if one failed."""
+        with self.timed():
+            self._wait()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.wait()
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        with self.timed():
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_text(self, text: str, name: str) -> None:
+        with self.timed():
+            self.client.log_text(self.run_id, text, name)
+
+
+def _metrics(metrics: Mapping[str, float], step: int | None) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+
+
+def connect(experiment_name: str, workspace: Path) -> tuple[MlflowClient, str]:
+    """A client for the workspace's tracking store and the id of the experiment.
+
+    The store is checked (and a new one created) before MLflow opens it; the experiment is
+    created if need be, with its artifacts beside a SQLite store; runs that a dead process
+    left RUNNING are closed.
+    """
+    uri = tracking_uri(workspace)
+    check_reachable(uri)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with store_lock(uri):
+            prepare(uri, write=True)
+            use_store(uri)
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                # Explicit: MLflow fixes the location at creation, and a default would follow
+                # the current folder into DVC's temp copies.
+                experiment_id = client.create_experiment(experiment_name, artifact_root(uri))
+            elif experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(experiment.experiment_id)
+                experiment_id = experiment.experiment_id
+            else:
+                experiment_id = experiment.experiment_id
+        close_orphaned_runs(client, experiment_id)
+    except (MlflowException, SQLAlchemyError) as exc:
+        raise TrackingError(f"MLflow store {store_label(uri)}: {describe_error(exc)}") from exc
+    return client, experiment_id
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def run_name(client: MlflowClient, experiment_id: str, commit: str | None) -> str:
+    """A name people can tell apart: the DVC experiment's, else `<commit>-<n>`; never reused.
+
+    MLflow's own generator draws from `random`, which training seeds: every plain `dvc repro`
+    would get the same name. Call under the store lock, so runs starting together differ.
+    """
+    from mlflow.entities import ViewType
+
+    experiment = os.environ.get("DVC_EXP_NAME")
+    base = experiment or (commit[:7] if commit else "run")
+    quoted = base.replace("'", "''")
+    taken = {
+        run.info.run_name
+        for run in client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.run_name LIKE '{quoted}%'",
+            run_view_type=ViewType.ALL,
+            max_results=50_000,
+        )
+    }
+    if experiment and base not in taken:
+        return base
+    pattern = re.compile(re.escape(base) + r"-(\d+)")
+    numbers = [int(found.group(1)) for name in taken if (found := pattern.fullmatch(name or ""))]
+    return f"{base}-{max(numbers, default=1 if experiment else 0) + 1}"
+
+
+def run_tags(root: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """Tags every training run carries: code, DVC experiment, owner process."""
+    from mlpipe.orphans import owner_tags
+
+    tags = {"mlflow.source.name": "stages/train.py", "mlflow.source.type": "LOCAL", **owner_tags()}
+    commit = git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    tags.update(extra)
+    return tags
+
+
+@contextmanager
+def tracked_run(
+    client: MlflowClient, experiment_id: str, tags: Mapping[str, str]
+) -> Iterator[Tracker]:
+    """Start a run; end it FINISHED, FAILED on an exception, KILLED on SIGINT or SIGTERM.
+
+    The run is also made the active one, so MLflow's flavour functions (log_model) attach to it.
+    Under `dvc exp run` the run is named after the DVC experiment.
+    """
+    import mlflow
+
+    use_store(client.tracking_uri)
+    with store_lock(client.tracking_uri):
+        name = run_name(client, experiment_id, tags.get("mlflow.source.git.commit"))
+        run = client.create_run(experiment_id, tags=dict(tags), run_name=name)
+    tracker = Tracker(client, run.info.run_id, experiment_id)
+    mlflow.start_run(run_id=run.info.run_id)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except (KeyboardInterrupt, Terminated):
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            # Land what was queued before the failure, if the store (maybe what failed) allows.
+            with suppress(Exception):
+                tracker._wait()
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:  # The store may be the thing that failed; say so, keep the error.
+            log.error("could not mark run %s %s: %s", run.info.run_id, status, first_line(exc))
+        log.info("MLflow run %s ended %s", run.info.run_id, status)
+
+
+@contextmanager
+def attached_run(client: MlflowClient, run_id: str) -> Iterator[Tracker]:
+    """Continue logging to an existing run (evaluate and plot add to train's run)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(
+            f"MLflow run {run_id} (from models/run.json) is not in "
+            f"{store_label(client.tracking_uri)}; run the train stage again"
+        ) from exc
+    yield Tracker(client, run_id, run.info.experiment_id)
