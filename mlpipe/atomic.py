@@ -34,13 +34,12 @@ def remove_stale_temps(final: Path) -> None:
 def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
     """Temp paths for several outputs, renamed into place together only if all were written.
 
-    Whatever stood under the final names is removed first, so a failed run never leaves a
-    previous run's file beside this run's others.
+    A run that fails leaves the previous run's outputs as they were, all of them: DVC, which
+    records nothing for a failed stage, still finds the outputs its lock file describes.
     """
     temps = [temp_sibling(final) for final in finals]
     for final in finals:
         final.parent.mkdir(parents=True, exist_ok=True)
-        final.unlink(missing_ok=True)
         remove_stale_temps(final)
     try:
         yield temps

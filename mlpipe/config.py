@@ -274,6 +274,8 @@ def load_params(path: Path) -> Params:
     and `yes` a string to both, and `dvc exp show` never disagrees with the run.
     """
     source = path.name
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{source}: not a regular file ({path} is a folder, pipe or device)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

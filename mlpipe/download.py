@@ -16,13 +16,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -39,7 +39,7 @@ from mlpipe.datasets import (
     read_mnist_npz,
     sha256_file,
 )
-from mlpipe.errors import DataError, DownloadError
+from mlpipe.errors import DataError, DownloadError, redact
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 # Read what has arrived, at most this much at a time: the deadline is checked between reads,
 # and a compressed body is inflated no more than this at a time.
 CHUNK_BYTES = 1 << 16
-_USERINFO = re.compile(r"(?<=://)[^/\s]*@")
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,6 @@ class _Refused(Exception):
     """A failure that retrying this source will not fix: try the next one."""
 
 
-def redact(text: str) -> str:
-    """`text` with every URL's `user:password@` masked, so credentials never reach a log."""
-    return _USERINFO.sub("***@", text)
-
-
 def keras_cache_dir() -> Path:
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home) / "datasets"
@@ -102,18 +96,26 @@ def mirror_location() -> str | None:
     if not mirror:
         return None
     if mirror.startswith(("http://", "https://")):
-        return mirror.rstrip("/") + "/"
+        return mirror
     path = Path(mirror.removeprefix("file://")).expanduser()
     if not path.is_dir():
         raise DownloadError(f"{MIRROR_ENV}={redact(mirror)} is not a directory or an http(s) URL")
     return str(path.resolve())
 
 
+def _file_in(mirror: str, name: str) -> str:
+    """`name` inside a mirror folder or URL; a URL keeps its query (`?token=...`) at the end."""
+    if "://" not in mirror:
+        return str(Path(mirror) / name)
+    parts = urlsplit(mirror)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
+
+
 def sources(remote: RemoteFile) -> list[Source]:
     found: list[Source] = []
     mirror = mirror_location()
     if mirror is not None:
-        location = mirror + remote.name if "://" in mirror else str(Path(mirror) / remote.name)
+        location = _file_in(mirror, remote.name)
         found.append(Source(f"{MIRROR_ENV} ({redact(mirror)})", location))
     cache = keras_cache_dir()
     for relative in remote.keras_cache:

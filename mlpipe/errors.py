@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
+# Everything between `scheme://` and the last `@` of a URL: a user, a password or a token.
+_USERINFO = re.compile(r"(?<=://)[^\s'\"<>]*@")
+# Query parameters that carry secrets (`?password=`, `&token=`, signed URLs' `sig=`).
+_SECRET_QUERY = re.compile(
+    r"([?&][\w.-]*(?:pass|pwd|token|secret|key|sig|auth|credential)[\w.-]*=)[^&\s'\"<>]*",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it masked, so none reaches a log or an error.
+
+    Over-masking is the safe side: any `...@` after `://` is taken for credentials.
+    """
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", text))
+
 
 def first_line(exc: BaseException) -> str:
     """An exception's message, first line only (libraries often append pages of detail)."""

@@ -54,16 +54,17 @@ def load_model(layout: Layout, source: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from mlpipe.store import prepare, store_label, tracking_uri, use_store
+    from mlpipe.store import prepare, readable, store_label, tracking_uri, use_store
 
     uri = tracking_uri(layout.workspace)
-    try:
-        # Reading only: a store that does not exist is not created, a read-only one is read.
-        prepare(uri, write=False)
-    except TrackingError as exc:
-        raise ModelError(f"model {source}: {exc}") from exc
-    use_store(uri)
-    with tempfile.TemporaryDirectory(prefix="mlpipe-model-") as scratch:
+    if source.startswith(("models:", "runs:")):
+        try:
+            # Reading only: a store that does not exist is not created, a read-only one is read.
+            prepare(uri, write=False)
+        except TrackingError as exc:
+            raise ModelError(f"model {source}: {exc}") from exc
+    with readable(uri) as reading, tempfile.TemporaryDirectory(prefix="mlpipe-model-") as scratch:
+        use_store(reading)
         try:
             folder = Path(
                 mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch)
@@ -72,13 +73,18 @@ def load_model(layout: Layout, source: str):
             raise ModelError(
                 f"model {source} not found in {store_label(uri)} ({first_line(exc)})"
             ) from exc
-        except OSError as exc:
-            raise ModelError(f"model {source}: its files cannot be read ({exc})") from exc
+        except Exception as exc:  # Artifact stores raise many types (no driver, bad address).
+            raise ModelError(
+                f"model {source}: its files cannot be fetched ({first_line(exc)})"
+            ) from exc
         # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
         for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
             if path.is_file():
                 return load_keras_model(path)
-        raise ModelError(f"model {source} holds no Keras model (no artifacts/model.keras)")
+        raise ModelError(
+            f"model {source} holds no Keras model (no artifacts/model.keras); were its files "
+            "under mlartifacts/ deleted or moved?"
+        )
 
 
 def _chunks(paths: list[Path]) -> Iterator[list[Path]]:

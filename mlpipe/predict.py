@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mlpipe.config import DATASETS
 from mlpipe.datasets import SPECS
-from mlpipe.errors import ConfigError, PipelineError
+from mlpipe.errors import ConfigError, PipelineError, redact
 from mlpipe.images import ImageInputError, check_image
 from mlpipe.inference import Prediction, classify, default_model_uri, load_model
 from mlpipe.model_files import check_output_count
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     try:
         results = run(args, layout or HERE)
     except (PipelineError, ImageInputError) as exc:
-        print(f"error: {printable(str(exc))}", file=sys.stderr)
+        print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     show(results, args.json)
     return 0

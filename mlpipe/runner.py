@@ -18,11 +18,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
 
-from mlpipe.errors import PipelineError, Terminated
+from mlpipe.errors import PipelineError, Terminated, redact
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 DEBUG_ENV = "MLPIPE_DEBUG"  # set to 1 to see the full traceback behind a one-line error
+QUIETED_LOGGERS = ("mlflow.store.db.utils", "mlflow.utils.async_logging")
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -30,7 +31,11 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def describe_os_error(exc: OSError) -> str:
-    where = exc.filename or "a file"
+    if not exc.filename:
+        if exc.errno == errno.ENOSPC:
+            return "no space left on device while writing an output; free some space and run again"
+        return f"{exc.strerror or exc} while writing an output"
+    where = exc.filename
     if isinstance(exc, FileExistsError | NotADirectoryError):
         return f"{where}: a file stands where a folder is needed; move it away and run again"
     if exc.errno == errno.ENOSPC:
@@ -60,6 +65,11 @@ def configure_logging() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    if os.environ.get(DEBUG_ENV, "") in ("", "0"):
+        # MLflow logs a traceback of its own for a store error that the stage then reports in
+        # one line (and its background metric writer another); MLPIPE_DEBUG=1 shows them.
+        for name in QUIETED_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # Keep TensorFlow's C++ start-up chatter out of the stage logs.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -101,7 +111,7 @@ def execute(name: str, main: Callable[[], None]) -> int:
 def _fail(message: str, code: int) -> int:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exc(file=sys.stderr)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {redact(message)}", file=sys.stderr)
     return code
 
 

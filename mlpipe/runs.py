@@ -234,8 +234,14 @@ def tracked_run(
         try:
             mlflow.end_run(status)
         except Exception as exc:  # The store may be the thing that failed; say so, keep the error.
-            log.error("could not mark run %s %s: %s", run.info.run_id, status, first_line(exc))
-        log.info("MLflow run %s ended %s", run.info.run_id, status)
+            log.error(
+                "could not mark run %s %s (%s); the next stage will close it as KILLED",
+                run.info.run_id,
+                status,
+                first_line(exc),
+            )
+        else:
+            log.info("MLflow run %s ended %s", run.info.run_id, status)
 
 
 @contextmanager

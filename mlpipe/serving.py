@@ -38,10 +38,11 @@ def check_pixels(pixels: np.ndarray) -> np.ndarray:
             f"{values.max():g}; multiply [0, 1] floats by 255 and round"
         )
     per_image = values.reshape(len(values), -1).max(axis=1) if values.ndim > 1 else values
-    if (per_image <= 1).all() and (values > 0).any():
+    scaled = np.flatnonzero((per_image > 0) & (per_image <= 1))
+    if len(scaled):
         raise _refuse(
-            "every pixel is 0 or 1: this looks like a [0, 1] image; pixels must be integers "
-            "from 0 to 255 (multiply by 255)"
+            f"every pixel of image {int(scaled[0])} is 0 or 1: it looks like a [0, 1] image; "
+            "pixels must be integers from 0 to 255 (multiply by 255)"
         )
     return values.astype(np.uint8)
 

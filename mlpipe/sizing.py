@@ -26,24 +26,42 @@ def parameter_count(params: ModelParams, image_shape: tuple[int, ...], num_class
     return count
 
 
+def activations_per_image(
+    params: ModelParams, image_shape: tuple[int, ...], num_classes: int
+) -> int:
+    """The values one image makes flow through the network: every layer's output, counted."""
+    height, width = image_shape[:2]
+    count = int(np.prod(image_shape))
+    if params.type == "cnn":
+        for filters in params.conv_filters:
+            count += height * width * filters  # the convolution, before pooling
+            height, width = height // 2, width // 2
+            count += height * width * filters
+    return count + sum(params.hidden_units) + num_classes
+
+
 def check_fits_in_memory(
     model: ModelParams, train: TrainParams, image_shape: tuple[int, ...], num_classes: int
 ) -> int:
     """Refuse, before allocating it, a model whose training would not fit in free memory.
 
     Training holds the weights, their gradients, a working copy and the optimizer's slots
-    (Adam two, RMSprop and SGD with momentum one), all float32. Returns the estimate in bytes.
+    (Adam two, RMSprop and SGD with momentum one), and for each image of a batch every layer's
+    output and its gradient, all float32. Returns the estimate in bytes.
     """
     import psutil
 
     slots = {"adam": 2, "rmsprop": 1, "sgd": 1 if train.momentum else 0}[train.optimizer]
-    estimate = parameter_count(model, image_shape, num_classes) * 4 * (3 + slots)
+    weights = parameter_count(model, image_shape, num_classes) * 4 * (3 + slots)
+    activations = train.batch_size * activations_per_image(model, image_shape, num_classes) * 4 * 2
+    estimate = weights + activations
     available = psutil.virtual_memory().available
     if estimate > available:
         raise ConfigError(
             f"params.yaml: model.hidden_units {_clipped(model.hidden_units)} (with "
-            f"model.conv_filters for cnn) needs about {estimate / 2**30:,.1f} GiB to train, "
-            f"more than the {available / 2**30:,.1f} GiB free; make the layers smaller"
+            f"model.conv_filters for cnn, and train.batch_size {train.batch_size}) needs about "
+            f"{estimate / 2**30:,.1f} GiB to train, more than the {available / 2**30:,.1f} GiB "
+            "free; make the layers or the batches smaller"
         )
     return estimate
 

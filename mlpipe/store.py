@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from mlpipe.atomic import temp_sibling
-from mlpipe.errors import TrackingError, first_line
+from mlpipe.errors import TrackingError, first_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +55,37 @@ def tracking_uri(workspace: Path) -> str:
     """The store's URI, absolute: `MLFLOW_TRACKING_URI`, else the workspace's `mlflow.db`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not uri:
-        return f"sqlite:///{workspace / STORE_FILE}"
+        return sqlite_uri(workspace / STORE_FILE)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         relative, _, query = uri.removeprefix("sqlite:///").partition("?")
         if relative and not relative.startswith(":memory:"):
-            absolute = (workspace / relative).resolve()
-            return f"sqlite:///{absolute}" + (f"?{query}" if query else "")
+            absolute = (workspace / unquote(relative)).resolve()
+            return sqlite_uri(absolute) + (f"?{query}" if query else "")
     return uri
+
+
+# SQLAlchemy reads these in a SQLite URI's path as a query, a fragment or an escape, and MLflow
+# makes folders from the same URI without decoding it: a store cannot live below them.
+UNSAFE_PATH_CHARACTERS = "%?#"
+
+
+def sqlite_uri(path: Path) -> str:
+    """The URI of a SQLite file; TrackingError if the path holds characters a URI would eat."""
+    unsafe = sorted({char for char in str(path) if char in UNSAFE_PATH_CHARACTERS})
+    if unsafe:
+        raise TrackingError(
+            f"{path}: the MLflow store cannot live in a folder whose path holds "
+            f"{' or '.join(unsafe)} (SQLAlchemy reads them as URL syntax); move the workspace, or "
+            "set MLFLOW_TRACKING_URI to a store elsewhere"
+        )
+    return f"sqlite:///{path}"
 
 
 def sqlite_path(uri: str) -> Path | None:
     """The file of a SQLite store URI; None for any other kind of store."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
 
 
 def artifact_root(uri: str) -> str | None:
@@ -75,8 +95,8 @@ def artifact_root(uri: str) -> str | None:
 
 
 def shown_uri(uri: str) -> str:
-    """`uri` with any password replaced by `***`, fit for logs and error messages."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", uri)
+    """`uri` with its credentials masked, fit for logs and error messages."""
+    return redact(uri)
 
 
 def store_label(uri: str) -> str:
@@ -136,10 +156,15 @@ def check_reachable(uri: str) -> None:
     from urllib.parse import urlparse
 
     scheme = urlparse(uri).scheme
+    if scheme in ("", "file"):
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={shown_uri(uri)} names a file store, which MLflow no longer "
+            "develops; use sqlite:///mlflow.db, a server (http://host:port) or a database URI"
+        )
     if scheme in ("http", "https"):
         _bound_http_retries()
         _check_server(uri)
-    elif scheme and scheme not in ("sqlite", "file", "databricks"):
+    elif scheme not in ("sqlite", "databricks"):
         _check_database(uri)
 
 
@@ -181,13 +206,24 @@ def _check_database(uri: str) -> None:
         with engine.connect():
             pass
     except Exception as exc:
-        reason = first_line(getattr(exc, "orig", None) or exc)
+        reason = _without_credentials(first_line(getattr(exc, "orig", None) or exc), uri)
         raise TrackingError(
             f"MLflow store {shown_uri(uri)} is not reachable ({reason}); "
             "start the database or check MLFLOW_TRACKING_URI"
         ) from exc
     finally:
         engine.dispose()
+
+
+def _without_credentials(text: str, uri: str) -> str:
+    """A driver's message with every piece of the URI's credentials masked: a password that
+    holds `@` is split by the driver, which may then quote a piece of it as a host name."""
+    found = re.search(r"://([^\s]*)@", uri)
+    pieces = re.split(r"[:@/]", found.group(1)) if found else []
+    for piece in sorted(pieces, key=len, reverse=True):
+        if len(piece) >= 3:
+            text = text.replace(piece, "***")
+    return redact(text)
 
 
 def prepare(uri: str, *, write: bool = True) -> None:
@@ -202,6 +238,8 @@ def prepare(uri: str, *, write: bool = True) -> None:
         return
     if path.is_dir():
         raise TrackingError(f"{path}: is a directory, not an MLflow store; move it away")
+    if path.exists() and not path.is_file():
+        raise TrackingError(f"{path}: not a regular file (a pipe or a device), not an MLflow store")
     state = inspect_store(path) if path.exists() else "absent"
     if state == "absent" and not write:
         raise TrackingError(f"{path}: no MLflow store here; run the pipeline first")
@@ -232,21 +270,29 @@ def inspect_store(path: Path) -> str:
     tables = _tables(path)
     if all(name in tables for name in MLFLOW_TABLES):
         return "mlflow"
-    if not tables & {*MLFLOW_TABLES, "registered_models", "model_versions"}:
+    foreign = tables - _mlflow_table_names()
+    if foreign or not tables:
         raise TrackingError(
             f"{path}: a SQLite database without MLflow's tables, not an MLflow store; "
             "refusing to add them to it: move it away, or set MLFLOW_TRACKING_URI"
         )
-    if "runs" in tables and _count(path, "runs"):
+    if any(_count(path, table) for table in tables - {"alembic_version"}):
         raise TrackingError(
-            f"{path}: an MLflow store with runs but without all of MLflow's tables "
+            f"{path}: an MLflow store with data but without all of MLflow's tables "
             f"(has {', '.join(sorted(tables))}); restore it from a backup"
         )
     return "incomplete"
 
 
+def _mlflow_table_names() -> set[str]:
+    """Every table MLflow's schema defines, plus Alembic's bookkeeping."""
+    from mlflow.store.tracking.dbmodels.models import Base
+
+    return {*Base.metadata.tables, "alembic_version"}
+
+
 def _connect_ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
 
 
 def _tables(path: Path) -> set[str]:
@@ -272,7 +318,7 @@ def create(path: Path, artifacts: str) -> None:
     _remove_stale_stores(path)
     temp = temp_sibling(path)
     temp.unlink(missing_ok=True)
-    uri = f"sqlite:///{temp}"
+    uri = sqlite_uri(temp)
     try:
         try:
             SqlAlchemyStore(uri, artifacts)
@@ -308,6 +354,31 @@ def _remove_stale_stores(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+@contextmanager
+def readable(uri: str) -> Iterator[str]:
+    """A URI that MLflow can read the store through, even where the store is read-only.
+
+    A store in WAL mode cannot be opened where its folder may not be written; a reader then
+    gets a snapshot of it in a temp folder (its artifact locations are absolute, so they still
+    lead to the artifacts).
+    """
+    path = sqlite_path(uri)
+    if path is None or _writable(path):
+        yield uri
+        return
+    with tempfile.TemporaryDirectory(prefix="mlpipe-store-") as scratch:
+        snapshot = Path(scratch) / path.name
+        try:
+            with closing(_connect_ro(path)) as source, closing(sqlite3.connect(snapshot)) as copy:
+                source.backup(copy)
+        except sqlite3.Error:
+            shutil.copyfile(path, snapshot)
+            for end in ("-wal", "-shm"):
+                if Path(f"{path}{end}").is_file():
+                    shutil.copyfile(f"{path}{end}", f"{snapshot}{end}")
+        yield sqlite_uri(snapshot)
+
+
 def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
@@ -340,6 +411,8 @@ def describe_sqlite_error(exc: BaseException) -> str:
         return "no space left on device; free some space and run again"
     if "readonly" in text or "read-only" in text:
         return "read-only; make it (and its folder) writable"
+    if "disk I/O error" in text:
+        return "disk I/O error (is the disk full or failing?); free some space and run again"
     if "not a database" in text:
         return "not a SQLite database, so not an MLflow store; move it away"
     if "unable to open" in text:

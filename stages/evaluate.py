@@ -65,20 +65,21 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         layout.confusion_file,
         layout.predictions_file,
     )
+    name, version = record.registered_model_name, record.registered_model_version
     with attached_run(client, record.run_id) as tracker, atomic_paths(*outputs) as temps:
         metrics_temp, per_class_temp, confusion_temp, predictions_temp = temps
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "test_samples"})
-        for table, path in ((report.per_class, outputs[1]), (report.confusion, outputs[2])):
-            tracker.log_text(table.to_csv(index=False), f"evaluation/{path.name}")
-        name, version = record.registered_model_name, record.registered_model_version
-        decision = promote(client, name, version, metrics["test_accuracy"])
-        log.info("%s %s: %s", "promoted" if decision.promoted else "kept", name, decision.reason)
         # The run id and version make `dvc exp show` lead to the MLflow run, and back.
         recorded = {**metrics, "mlflow_run_id": record.run_id, "model_version": version}
         metrics_temp.write_text(json_text(recorded), encoding="utf-8")
         report.per_class.to_csv(per_class_temp, index=False, float_format="%.6f")
         report.confusion.to_csv(confusion_temp, index=False)
         report.predictions.to_csv(predictions_temp, index=False)
+        tracker.log_metrics({k: v for k, v in metrics.items() if k != "test_samples"})
+        for table, path in ((report.per_class, outputs[1]), (report.confusion, outputs[2])):
+            tracker.log_text(table.to_csv(index=False), f"evaluation/{path.name}")
+        # Last: a stage that failed before here (a full disk, the store away) moved no alias.
+        decision = promote(client, name, version, metrics["test_accuracy"])
+        log.info("%s %s: %s", "promoted" if decision.promoted else "kept", name, decision.reason)
 
 
 if __name__ == "__main__":

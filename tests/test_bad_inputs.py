@@ -7,6 +7,7 @@ problem, no traceback, and no partial output (no new or changed file, no temp fi
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -423,7 +424,7 @@ CASES = [
     Case(
         "model-too-large-for-memory",
         stage("train"),
-        "model.hidden_units [100000000] (with model.conv_filters for cnn) needs about",
+        "model.hidden_units [100000000] (with model.conv_filters for cnn, and train.batch_size",
         lambda ws: set_params(ws, model__hidden_units=[100_000_000]),
         exit_code=2,
     ),
@@ -456,8 +457,45 @@ CASES = [
     Case(
         "store-postgresql-unreachable",
         stage("train"),
-        "MLflow store postgresql://mlpipe:***@127.0.0.1:9/mlflow is not reachable",
+        "MLflow store postgresql://***@127.0.0.1:9/mlflow is not reachable",
         env={"MLFLOW_TRACKING_URI": "postgresql://mlpipe:s3cret@127.0.0.1:9/mlflow"},
+    ),
+    Case(
+        "store-password-with-an-at-sign",
+        stage("train"),
+        "MLflow store postgresql://***@127.0.0.1:9/mlflow is not reachable",
+        env={"MLFLOW_TRACKING_URI": "postgresql://mlpipe:p@s3cret@127.0.0.1:9/mlflow"},
+    ),
+    Case(
+        "store-token-in-a-server-url",
+        stage("train"),
+        "MLflow tracking server http://***@127.0.0.1:9",
+        env={"MLFLOW_TRACKING_URI": "http://s3cret@127.0.0.1:9"},
+    ),
+    Case(
+        "store-is-a-file-store",
+        stage("evaluate"),
+        "MLFLOW_TRACKING_URI=mlruns names a file store",
+        env={"MLFLOW_TRACKING_URI": "mlruns"},
+    ),
+    Case(
+        "store-is-a-pipe",
+        stage("evaluate"),
+        "mlflow.db: not a regular file (a pipe or a device)",
+        chain(remove("mlflow.db"), lambda ws: os.mkfifo(ws / "mlflow.db")),
+    ),
+    Case(
+        "params-is-a-pipe",
+        stage("preprocess"),
+        "params.yaml: not a regular file",
+        chain(remove("params.yaml"), lambda ws: os.mkfifo(ws / "params.yaml")),
+        exit_code=2,
+    ),
+    Case(
+        "predict-remote-model-without-its-client",
+        predict("digit.png", "--model", "s3://bucket/model"),
+        "model s3://bucket/model: its files cannot be fetched",
+        lambda ws: Image.new("L", (40, 40), 0).save(ws / "digit.png"),
     ),
     Case(
         "registry-version-deleted-by-hand",

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mlpipe.images import ImageInputError, open_image, to_mnist, to_model_input
-from tests.conftest import HAS_MIRROR, MIRROR, error_lines, stage_env
+from tests.conftest import HAS_MIRROR, MIRROR, StageResult, error_lines, run_predict, stage_env
 
 
 def drawn_digit(size: int = 400, ink: int = 20, paper: int = 235) -> Image.Image:
@@ -81,7 +81,12 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
         open_image(tmp_path / "bomb.png")
 
 
-def predict(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def predict(workspace: Path, *args: str) -> StageResult:
+    """The command in this process; `predict_process` runs it as a user does, once."""
+    return run_predict(workspace, *args)
+
+
+def predict_process(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mlpipe.predict", *args],
         cwd=workspace,
@@ -102,7 +107,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cli_with_a_keras_file_text_and_json(trained: Path, images: Path) -> None:
     model = str(trained / "models/model.keras")
-    text = predict(
+    text = predict_process(
         trained, str(images / "one.png"), str(images / "dark.jpg"), "--model", model, "--top", "3"
     )
     assert text.returncode == 0, text.stderr[-2000:]

@@ -35,3 +35,10 @@ def test_anything_but_0_to_255_integers_is_refused_with_400(
         check_pixels(pixels)
     assert message in caught.value.message
     assert caught.value.get_http_status_code() == 400
+
+
+def test_a_scaled_image_among_real_ones_is_refused_and_named() -> None:
+    real = np.full((1, 2, 2), 200.0)
+    scaled = np.array([[[0.0, 1.0], [1.0, 0.0]]])
+    with pytest.raises(MlflowException, match=r"every pixel of image 1 is 0 or 1"):
+        check_pixels(np.concatenate([real, scaled]))

@@ -74,10 +74,20 @@ def test_relative_sqlite_uri_resolves_against_the_workspace_not_dvcs_copy(
     assert store.tracking_uri(workspace) == "http://127.0.0.1:5000"
 
 
-def test_password_in_a_store_uri_is_never_shown() -> None:
-    shown = store.shown_uri("postgresql://alice:s3cret@db.example:5432/mlflow")
-    assert shown == "postgresql://alice:***@db.example:5432/mlflow"
-    assert store.shown_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("postgresql://alice:s3cret@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+        ("postgresql://alice:pa/s3cret@db/mlflow", "postgresql://***@db/mlflow"),
+        ("postgresql://alice:p@s3cret@db/mlflow", "postgresql://***@db/mlflow"),
+        ("postgresql://alice@db/mlflow?password=s3cret", "postgresql://***@db/mlflow?password=***"),
+        ("http://s3cret@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+        ("https://host/data?token=s3cret&x=1", "https://host/data?token=***&x=1"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ],
+)
+def test_credentials_in_a_store_uri_are_never_shown(uri: str, shown: str) -> None:
+    assert store.shown_uri(uri) == shown
 
 
 # A new store comes into being whole ---------------------------------------------------------
@@ -87,7 +97,7 @@ def test_new_store_is_complete_whenever_its_creator_is_killed(tmp_path: Path) ->
     """kill -9 at many moments of creation: afterwards there is no store, or a whole one."""
     path = tmp_path / "mlflow.db"
     code = "import sys; from mlpipe.store import prepare; prepare(sys.argv[1])"
-    for delay in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0):
+    for delay in (0.8, 1.4, 2.0, 2.6):
         path.unlink(missing_ok=True)
         creator = subprocess.Popen(
             [sys.executable, "-c", code, uri_of(path)], env=stage_env(), cwd=REPO
@@ -330,4 +340,83 @@ def test_database_store_without_its_driver_is_one_line(monkeypatch: pytest.Monke
     with pytest.raises(TrackingError, match=r"database driver is not installed") as caught:
         check_reachable("postgresql://alice:s3cret@127.0.0.1:9/mlflow")
     assert "s3cret" not in str(caught.value)
-    assert "postgresql://alice:***@127.0.0.1:9/mlflow" in str(caught.value)
+    assert "postgresql://***@127.0.0.1:9/mlflow" in str(caught.value)
+
+
+def test_a_database_with_mlflow_like_table_names_and_data_is_never_rebuilt(tmp_path: Path) -> None:
+    """Only a half-made store (MLflow's tables, all empty) is rebuilt; anything else is kept."""
+    path = tmp_path / "mlflow.db"
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE experiments (id INTEGER, note TEXT)")
+        connection.execute("INSERT INTO experiments VALUES (1, 'lab notes')")
+        connection.execute("CREATE TABLE runs (id INTEGER)")
+        connection.commit()
+    before = digest(path)
+    with pytest.raises(TrackingError, match=r"with data but without all of MLflow's tables"):
+        store.prepare(uri_of(path))
+    assert digest(path) == before
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("DELETE FROM experiments")
+        connection.execute("CREATE TABLE patients (name TEXT)")
+        connection.commit()
+    before = digest(path)
+    with pytest.raises(TrackingError, match=r"without MLflow's tables, not an MLflow store"):
+        store.prepare(uri_of(path))
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize("name", ["sp ace", "ünï", "semi;colon"])
+def test_odd_but_safe_folder_names_keep_the_store_inside(tmp_path: Path, name: str) -> None:
+    from mlpipe.runs import connect
+
+    workspace = tmp_path / name
+    workspace.mkdir()
+    client, experiment = connect("e", workspace)
+    run = client.create_run(experiment)
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    client.set_terminated(run.info.run_id)
+    close_engines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert (workspace / "mlflow.db").is_file()
+    assert list((workspace / "mlartifacts").rglob("note.txt"))
+
+
+@pytest.mark.parametrize("name", ["pc%41", "q?x", "h#x"])
+def test_folders_a_uri_would_misread_are_refused_and_nothing_is_written(
+    tmp_path: Path, name: str
+) -> None:
+    from mlpipe.runs import connect
+
+    workspace = tmp_path / name
+    workspace.mkdir()
+    with pytest.raises(TrackingError, match=r"cannot live in a folder whose path holds"):
+        connect("e", workspace)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert list(workspace.iterdir()) == []
+
+
+def test_a_read_only_store_is_read_through_a_snapshot(tmp_path: Path) -> None:
+    """WAL mode needs a writable folder even to read: a reader gets a copy instead."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path / "ro"
+    path = folder / "mlflow.db"
+    store.prepare(uri_of(path))
+    MlflowClient(tracking_uri=uri_of(path)).create_experiment("kept")
+    close_engines()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        with store.readable(uri_of(path)) as uri:
+            assert uri != uri_of(path)
+            assert MlflowClient(tracking_uri=uri).get_experiment_by_name("kept") is not None
+        close_engines()
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], check=True)
+        folder.chmod(0o755)

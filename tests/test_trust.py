@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import QUICK, REPO, client_for, run_git, run_stage, stage_env
+from tests.conftest import QUICK, REPO, client_for, run_git, run_predict, run_stage
 from tests.fakes import set_params, write_processed
 
 pytestmark = pytest.mark.reliability
@@ -53,21 +51,12 @@ def test_moved_workspace_loads_its_champion_and_trains_into_itself(
     shutil.copytree(evaluated, tmp_path / "original", symlinks=True)
     (tmp_path / "original").rename(moved)  # `mv`: the old folder is gone
     original = tmp_path / "original"
-    predicted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlpipe.predict",
-            "--json",
-            "--model",
-            "models:/keras-tutorial-mnist@champion",
-            str(image_of_a_digit(tmp_path)),
-        ],
-        cwd=moved,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    predicted = run_predict(
+        moved,
+        "--json",
+        "--model",
+        "models:/keras-tutorial-mnist@champion",
+        str(image_of_a_digit(tmp_path)),
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert json.loads(predicted.stdout)[0]["label"] in "0123456789"
