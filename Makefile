@@ -1,29 +1,42 @@
 # Two entry points, both self-installing on a fresh machine with Python 3.11 and git:
-#   make pipeline   set up, then run the whole pipeline (`dvc repro`)
-#   make test       set up, then run every test (fast and slow)
+#   make pipeline   set up the runtime, then run the whole pipeline (`dvc repro`)
+#   make test       set up the runtime and the test tools, then run every test (fast and slow)
+# Both install the fully pinned lock files; `make lock` refreshes them from requirements*.txt.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup pipeline test test-fast lint
+.PHONY: setup setup-dev pipeline test test-fast lint lock
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.runtime
+setup-dev: $(VENV)/.dev
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.runtime: requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
 	touch $@
 
 pipeline: setup
 	dvc repro
 
-test: setup
-	python -m pytest
+test: setup-dev
+	python -m pytest --durations=15
 
-test-fast: setup
-	python -m pytest -m "not slow"
+test-fast: setup-dev
+	python -m pytest -m "not slow" --durations=15
 
-lint: setup
+lint: setup-dev
 	ruff check . && ruff format --check .
+
+# The whole transitive set, pinned for every platform, from the readable top-level lists.
+lock: setup
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 requirements.txt -o requirements.lock
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 requirements-dev.txt -o requirements-dev.lock

@@ -51,10 +51,7 @@ def log_and_register(keras_file: Path, spec: DatasetSpec, registered_name: str) 
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    with warnings.catch_warnings():
-        # MLflow asks for type hints on `predict`; they would compete with the signature.
-        warnings.filterwarnings("ignore", "Add type hints to the `predict` method", UserWarning)
-        from mlpipe import serving
+    from mlpipe import serving
 
     # Numbers in, so the served model sees what was sent and can refuse [0, 1] floats rather
     # than have MLflow cast them to zeros.

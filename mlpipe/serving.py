@@ -12,8 +12,6 @@ that looks like a [0, 1] image (every pixel 0 or 1).
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -54,16 +52,15 @@ def _refuse(message: str) -> MlflowException:
 class PixelClassifier(PythonModel):
     """Class probabilities for raw 0-255 pixel images; refuses anything else."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context) -> None:  # unannotated, as in predict below
         import keras
 
         self.model = keras.saving.load_model(
             context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True
         )
 
-    # `model_input` is left unannotated: MLflow reads a type hint there as an input schema,
-    # which would compete with the signature.
-    def predict(self, context, model_input, params=None):
+    # `context` stays unannotated: MLflow reads hints here, and `Any` would make it warn.
+    def predict(self, context, model_input: np.ndarray, params: None = None) -> np.ndarray:
         pixels = check_pixels(np.asarray(model_input))
         return np.asarray(self.model.predict(pixels, verbose=0))
 
