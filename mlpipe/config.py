@@ -16,7 +16,7 @@ from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlpipe.datasets import SPECS
-from mlpipe.errors import ConfigError
+from mlpipe.errors import ConfigError, first_line
 
 DATASETS = tuple(SPECS)
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -264,7 +264,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], source)) from None
+        raise ConfigError(_describe(exc.errors()[0], source)) from exc
 
 
 def load_params(path: Path) -> Params:
@@ -278,12 +278,12 @@ def load_params(path: Path) -> Params:
         raise ConfigError(f"{source}: not a regular file ({path} is a folder, pipe or device)")
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         raise ConfigError(
             f"{source}: not found at {path} (run stages from the repository root)"
-        ) from None
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot be read ({exc})") from None
+        raise ConfigError(f"{source}: cannot be read ({exc})") from exc
     return parse_params(parse_yaml(text, source), source)
 
 
@@ -297,7 +297,7 @@ def parse_yaml(text: str, source: str = "params.yaml") -> Any:
     except YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise ConfigError(f"{source}: not valid YAML{line}: {_clip(problem)}") from exc
     except RecursionError as exc:
         raise ConfigError(f"{source}: nested too deeply to be a params file") from exc

@@ -361,7 +361,7 @@ def _read_idx_gz(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") as handle:
             data = handle.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable gzip file, truncated or corrupt ({exc})") from None
+        raise DataError(f"{path}: not a readable gzip file, truncated or corrupt ({exc})") from exc
     return idx_decode(data, str(path))
 
 
@@ -392,7 +392,7 @@ def _read_cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
         pixels = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.uint8)
     except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as exc:
-        raise DataError(f"{source}: not a CIFAR-10 batch ({exc})") from None
+        raise DataError(f"{source}: not a CIFAR-10 batch ({exc})") from exc
     if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32 or len(labels) != len(pixels):
         raise DataError(f"{source}: unexpected CIFAR-10 batch shape {pixels.shape}")
     # Stored channels-first, row-major; Keras and matplotlib want height, width, channels.
@@ -421,7 +421,7 @@ def read_cifar_tar(path: Path) -> RawSplits:
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(
             f"{path}: not a readable tar.gz archive, truncated or corrupt ({exc})"
-        ) from None
+        ) from exc
     if not train_x or test is None:
         raise DataError(f"{path}: lacks the data_batch_* and test_batch files of CIFAR-10")
     train_x.sort(key=lambda item: item[0])
@@ -448,10 +448,10 @@ def check_manifest(spec: DatasetSpec, folder: Path) -> None:
             raise DataError(f"{folder / remote.name}: missing; run the download stage first")
     try:
         lines = (folder / MANIFEST).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(
             f"{folder / MANIFEST}: missing or unreadable; run the download stage again"
-        ) from None
+        ) from exc
     recorded = dict(reversed(line.split("  ", 1)) for line in lines if "  " in line)
     for remote in spec.files:
         path = folder / remote.name

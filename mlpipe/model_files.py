@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlpipe.errors import ModelError
+from mlpipe.errors import ModelError, first_line
 
 if TYPE_CHECKING:
     import keras
@@ -47,12 +47,6 @@ def _require_regular_file(path: Path) -> None:
 
 def _gib(size: int) -> str:
     return f"{size / 1024**3:.1f} GiB"
-
-
-def _first_line(exc: Exception) -> str:
-    """The first line of an error's text, or its type when it has none."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _check_entries(path: Path, entries: list[zipfile.ZipInfo]) -> None:
@@ -119,9 +113,9 @@ def load_keras_model(path: Path) -> keras.Model:
                 f"{path}: refused, the model holds a Lambda layer (arbitrary code); "
                 "safe_mode forbids loading it"
             ) from exc
-        raise ModelError(f"{path}: cannot be loaded ({_first_line(exc)})") from exc
+        raise ModelError(f"{path}: cannot be loaded ({first_line(exc)})") from exc
     except Exception as exc:  # Keras raises many types for damaged contents.
-        raise ModelError(f"{path}: cannot be loaded ({_first_line(exc)})") from exc
+        raise ModelError(f"{path}: cannot be loaded ({first_line(exc)})") from exc
 
 
 def check_output_count(model: keras.Model, num_classes: int, source: str, fix: str) -> None:

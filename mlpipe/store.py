@@ -137,11 +137,11 @@ def store_lock(uri: str) -> Iterator[None]:
         lock.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(lock, timeout=LOCK_TIMEOUT_S):
             yield
-    except Timeout:
+    except Timeout as exc:
         raise TrackingError(
             f"{lock}: held by another process for over {LOCK_TIMEOUT_S:.0f} s; "
             "wait for it, or remove the file if no pipeline is running"
-        ) from None
+        ) from exc
 
 
 def _bound_http_retries() -> None:

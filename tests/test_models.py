@@ -131,6 +131,27 @@ def test_early_stopping_stops_before_the_last_epoch() -> None:
     assert len(result.history) < 30
 
 
+def run_on_jax(script: str) -> dict:
+    """Run `script` with the JAX backend (chosen before Keras loads), return its JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    from tests.conftest import stage_env
+
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=stage_env(KERAS_BACKEND="jax"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 JAX_SCRIPT = """
 import json, numpy as np, keras
 from pathlib import Path
@@ -162,23 +183,7 @@ print(json.dumps(results))
 
 def test_jax_backend_fit_and_scan_agree() -> None:
     """The training code runs unchanged on JAX; the scan fast path learns like fit does."""
-    import json
-    import subprocess
-    import sys
-
-    pytest.importorskip("jax")
-    from tests.conftest import stage_env
-
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT],
-        cwd=REPO,
-        env=stage_env(KERAS_BACKEND="jax"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = run_on_jax(JAX_SCRIPT)
     for loop, run in runs.items():
         assert run["backend"] == "jax"
         assert run["losses"][-1] < run["losses"][0], loop
@@ -226,23 +231,7 @@ print(json.dumps(results))
 def test_fit_and_scan_stop_alike_and_both_end_on_the_best_weights() -> None:
     """Same seed and params on CPU JAX: both loops stop at the same epoch, end with the best
     epoch's weights whether they stopped early or not, and agree within half a point."""
-    import json
-    import subprocess
-    import sys
-
-    pytest.importorskip("jax")
-    from tests.conftest import stage_env
-
-    result = subprocess.run(
-        [sys.executable, "-c", PARITY_SCRIPT],
-        cwd=REPO,
-        env=stage_env(KERAS_BACKEND="jax"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = run_on_jax(PARITY_SCRIPT)
     for scenario, epochs_run in (("stops early", 3), ("runs out", 4)):
         fit, scan = runs[f"{scenario}/fit"], runs[f"{scenario}/scan"]
         assert fit["epochs_run"] == scan["epochs_run"] == epochs_run, scenario

@@ -9,7 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,38 @@ def usable(path: Path) -> bool:
     client = MlflowClient(tracking_uri=uri_of(path), registry_uri=uri_of(path))
     client.create_experiment(f"check-{time.monotonic_ns()}")
     return True
+
+
+def refused_untouched(path: Path, match: str) -> None:
+    """prepare() refuses the store at `path` with a message matching `match`; bytes unchanged."""
+    before = digest(path)
+    with pytest.raises(TrackingError, match=match) as caught:
+        store.prepare(uri_of(path))
+    assert "\n" not in str(caught.value)
+    assert digest(path) == before
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """`folder` read-only for real: a read-only bind mount as root (who may write any file
+    whatever its mode), the write permission taken away otherwise."""
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+    else:
+        for path in folder.iterdir():
+            path.chmod(0o444)
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], check=True)
+        folder.chmod(0o755)
+        for path in folder.iterdir():
+            path.chmod(0o644)
 
 
 # Relative URIs -----------------------------------------------------------------------------
@@ -156,10 +189,7 @@ def test_someone_elses_sqlite_file_gets_no_mlflow_tables(tmp_path: Path) -> None
         connection.execute("CREATE TABLE customers (name TEXT)")
         connection.execute("INSERT INTO customers VALUES ('ada')")
         connection.commit()
-    before = digest(path)
-    with pytest.raises(TrackingError, match=r"without MLflow's tables, not an MLflow store"):
-        store.prepare(uri_of(path))
-    assert digest(path) == before
+    refused_untouched(path, r"without MLflow's tables, not an MLflow store")
 
 
 def test_store_locked_by_another_process_fails_after_a_bounded_wait(
@@ -222,23 +252,10 @@ def test_read_only_store_is_refused_for_writing_and_read_for_reading(tmp_path: P
     store.prepare(uri_of(path))
     close_engines()
     before = digest(path)
-    if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
-    else:
-        path.chmod(0o444)
-        folder.chmod(0o555)
     run = [sys.executable, "-c", READ_ONLY_CHECK, uri_of(path)]
-    try:
+    with read_only(folder):
         wrote = subprocess.run([*run, "write"], env=stage_env(), capture_output=True, text=True)
         read = subprocess.run([*run, "read"], env=stage_env(), capture_output=True, text=True)
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["umount", str(folder)], check=True)
-        folder.chmod(0o755)
-        path.chmod(0o644)
     assert wrote.returncode == 1, wrote.stdout + wrote.stderr
     assert wrote.stdout.startswith("error: ") and "read-only" in wrote.stdout, wrote.stdout
     assert read.returncode == 0, read.stdout + read.stderr
@@ -351,18 +368,12 @@ def test_a_database_with_mlflow_like_table_names_and_data_is_never_rebuilt(tmp_p
         connection.execute("INSERT INTO experiments VALUES (1, 'lab notes')")
         connection.execute("CREATE TABLE runs (id INTEGER)")
         connection.commit()
-    before = digest(path)
-    with pytest.raises(TrackingError, match=r"with data but without all of MLflow's tables"):
-        store.prepare(uri_of(path))
-    assert digest(path) == before
+    refused_untouched(path, r"with data but without all of MLflow's tables")
     with closing(sqlite3.connect(path)) as connection:
         connection.execute("DELETE FROM experiments")
         connection.execute("CREATE TABLE patients (name TEXT)")
         connection.commit()
-    before = digest(path)
-    with pytest.raises(TrackingError, match=r"without MLflow's tables, not an MLflow store"):
-        store.prepare(uri_of(path))
-    assert digest(path) == before
+    refused_untouched(path, r"without MLflow's tables, not an MLflow store")
 
 
 @pytest.mark.parametrize("name", ["sp ace", "ünï", "semi;colon"])
@@ -404,19 +415,7 @@ def test_a_read_only_store_is_read_through_a_snapshot(tmp_path: Path) -> None:
     store.prepare(uri_of(path))
     MlflowClient(tracking_uri=uri_of(path)).create_experiment("kept")
     close_engines()
-    if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
-    else:
-        folder.chmod(0o555)
-    try:
-        with store.readable(uri_of(path)) as uri:
-            assert uri != uri_of(path)
-            assert MlflowClient(tracking_uri=uri).get_experiment_by_name("kept") is not None
+    with read_only(folder), store.readable(uri_of(path)) as uri:
+        assert uri != uri_of(path)
+        assert MlflowClient(tracking_uri=uri).get_experiment_by_name("kept") is not None
         close_engines()
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["umount", str(folder)], check=True)
-        folder.chmod(0o755)
