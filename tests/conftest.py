@@ -24,18 +24,24 @@ needs_mirror = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No test sees the user's Keras cache, data mirror, tracking server or DVC experiment."""
+def isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """No test sees the user's Keras cache, data mirror, tracking store or DVC experiment, nor
+    what an earlier test's in-process stage left: MLflow's store URIs (which it also exports as
+    environment variables, for subprocesses to inherit) are forgotten after each test."""
+    import mlflow
+
+    saved = dict(os.environ)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
-    for name in (
-        "DATA_MIRROR",
-        "MLFLOW_TRACKING_URI",
-        "DVC_ROOT",
-        "DVC_EXP_NAME",
-        "DVC_EXP_BASELINE_REV",
-    ):
+    for name in ISOLATED_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("mlpipe.download.BACKOFF_S", 0.01)
+    yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
@@ -45,8 +51,18 @@ def workspace(tmp_path: Path) -> Path:
     return tmp_path
 
 
+ISOLATED_VARIABLES = (
+    "DATA_MIRROR",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "DVC_ROOT",
+    "DVC_EXP_NAME",
+    "DVC_EXP_BASELINE_REV",
+)
+
+
 def stage_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATA_MIRROR", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
     env["PYTHONPATH"] = str(REPO)
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.update(extra)

@@ -131,6 +131,13 @@ def test_early_stopping_stops_before_the_last_epoch() -> None:
     assert len(result.history) < 30
 
 
+@pytest.fixture(scope="module")
+def on_jax() -> dict:
+    """Both JAX scripts below, in one process (JAX and Keras load once), by script name."""
+    report = 'print(json.dumps({"agree": agree, "parity": parity}))\n'
+    return run_on_jax(JAX_SCRIPT + PARITY_SCRIPT + report)
+
+
 def run_on_jax(script: str) -> dict:
     """Run `script` with the JAX backend (chosen before Keras loads), return its JSON line."""
     import json
@@ -161,7 +168,7 @@ from tests.test_models import tiny_data
 params = load_params(Path("params.yaml"))
 x, y, xv, yv = tiny_data()
 x, y = np.concatenate([x] * 10), np.concatenate([y] * 10)
-results = {}
+agree = {}
 for loop in ("fit", "scan"):
     keras.utils.set_random_seed(3)
     small = params.model.model_copy(update={"hidden_units": [16]})
@@ -171,19 +178,18 @@ for loop in ("fit", "scan"):
     runner = train if loop == "fit" else lambda *a: train_scan(*a, seed=3)
     result = runner(model, settings, (x, y, xv, yv), 10)
     predicted = model.predict(xv, verbose=0).argmax(axis=1)
-    results[loop] = {
+    agree[loop] = {
         "losses": [row["loss"] for row in result.history],
         "val_accuracy": result.history[-1]["val_accuracy"],
         "model_accuracy": float((predicted == yv).mean()),
         "backend": keras.backend.backend(),
     }
-print(json.dumps(results))
 """
 
 
-def test_jax_backend_fit_and_scan_agree() -> None:
+def test_jax_backend_fit_and_scan_agree(on_jax: dict) -> None:
     """The training code runs unchanged on JAX; the scan fast path learns like fit does."""
-    runs = run_on_jax(JAX_SCRIPT)
+    runs = on_jax["agree"]
     for loop, run in runs.items():
         assert run["backend"] == "jax"
         assert run["losses"][-1] < run["losses"][0], loop
@@ -203,7 +209,7 @@ x, y, _, _ = tiny_data()
 # Validation labels disagree with training labels: the better the model learns, the worse its
 # val_loss, so the best epoch is the first, in both loops, whatever their rounding.
 xv, yv = x, (y + 1) % 10
-results = {}
+parity = {}
 for scenario, epochs, patience in (("stops early", 30, 2), ("runs out", 4, 10)):
     for loop in ("fit", "scan"):
         keras.utils.set_random_seed(3)
@@ -217,21 +223,20 @@ for scenario, epochs, patience in (("stops early", 30, 2), ("runs out", 4, 10)):
         model.compile(loss=settings.loss, metrics=["accuracy"])
         labels = keras.utils.to_categorical(yv, 10)
         val_loss, val_accuracy = model.evaluate(xv, labels, verbose=0)
-        results[f"{scenario}/{loop}"] = {
+        parity[f"{scenario}/{loop}"] = {
             "epochs_run": len(result.history),
             "best_val_loss": min(row["val_loss"] for row in result.history),
             "last_val_loss": result.history[-1]["val_loss"],
             "final_val_loss": val_loss,
             "final_val_accuracy": val_accuracy,
         }
-print(json.dumps(results))
 """
 
 
-def test_fit_and_scan_stop_alike_and_both_end_on_the_best_weights() -> None:
+def test_fit_and_scan_stop_alike_and_both_end_on_the_best_weights(on_jax: dict) -> None:
     """Same seed and params on CPU JAX: both loops stop at the same epoch, end with the best
     epoch's weights whether they stopped early or not, and agree within half a point."""
-    runs = run_on_jax(PARITY_SCRIPT)
+    runs = on_jax["parity"]
     for scenario, epochs_run in (("stops early", 3), ("runs out", 4)):
         fit, scan = runs[f"{scenario}/fit"], runs[f"{scenario}/scan"]
         assert fit["epochs_run"] == scan["epochs_run"] == epochs_run, scenario

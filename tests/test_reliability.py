@@ -185,6 +185,9 @@ def test_real_tracking_server_then_server_lost_mid_run(workspace: Path, tmp_path
         assert client.get_model_version("keras-tutorial-mnist", "1").run_id == info["run_id"]
 
         # Now the server goes away during a long run.
+        before = {
+            name: (workspace / "models" / name).read_bytes() for name in ("model.keras", "run.json")
+        }
         process = long_training(workspace, MLFLOW_TRACKING_URI=uri)
         stop(server)
         lost_at = time.monotonic()
@@ -193,7 +196,11 @@ def test_real_tracking_server_then_server_lost_mid_run(workspace: Path, tmp_path
         assert process.returncode == 1
         assert "Traceback" not in rest
         assert len(error_lines(rest)) == 1
-        assert files_under(workspace / "models") == []
+        # The failed run left the first run's outputs exactly as they were, and no temp file.
+        assert files_under(workspace / "models") == sorted(before)
+        assert all(
+            (workspace / "models" / name).read_bytes() == data for name, data in before.items()
+        )
 
         # Back up again: the run can simply be re-run.
         server = start_server(tmp_path, port)
@@ -231,3 +238,17 @@ def test_readme_mlflow_ui_binds_loopback(tmp_path: Path) -> None:
         assert listening == {"127.0.0.1"}
     finally:
         stop(ui)
+
+
+def test_a_failed_writer_leaves_the_previous_outputs_whole(tmp_path: Path) -> None:
+    """All or nothing across outputs: a failure midway keeps every previous file as it was."""
+    from mlpipe.atomic import atomic_paths
+
+    finals = [tmp_path / "metrics.json", tmp_path / "per_class.csv"]
+    for final in finals:
+        final.write_text(f"previous {final.name}\n")
+    with pytest.raises(OSError), atomic_paths(*finals) as temps:
+        temps[0].write_text("new metrics\n")
+        raise OSError(28, "No space left on device")
+    assert [final.read_text() for final in finals] == [f"previous {f.name}\n" for f in finals]
+    assert files_under(tmp_path) == sorted(final.name for final in finals)

@@ -65,7 +65,11 @@ def test_second_training_is_a_new_version(trained: Path) -> None:
     assert info["registered_model_version"] == 2
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    # Ctrl-C is also covered, through DVC, by tests/test_reliability_dvc.py: slow here.
+    [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+)
 def test_signal_during_training_ends_run_killed(workspace: Path, signum: int, code: int) -> None:
     process = long_training(workspace)
     process.send_signal(signum)
