@@ -2,7 +2,8 @@
 
 The whole file is checked in one place, before any stage does work and before TensorFlow is
 imported. Every error names the full key, the value given and what is allowed, for example
-`params.yaml: train.epochs must be a positive integer (got -1)`.
+`params.yaml: train.epochs must be an integer greater than 0 and at most 100000 (got -1)`,
+with the allowed values derived from the constraints themselves.
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ def redact(text: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", text))
 
 
+def one_line(text: str) -> str:
+    """`text` for an error line: credentials masked, its lines joined (a library's message may
+    end in a newline or carry a second line of detail)."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", redact(text)).strip()
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message, first line only (libraries often append pages of detail)."""
     text = str(exc).strip()

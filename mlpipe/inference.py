@@ -18,6 +18,7 @@ from mlpipe.config import load_params, registered_model_name
 from mlpipe.errors import ModelError, TrackingError, first_line
 from mlpipe.images import ImageInputError, open_image, to_model_input
 from mlpipe.paths import Layout
+from mlpipe.registry import CHAMPION
 
 # Images converted and predicted together: few enough that memory stays small, enough that
 # Keras' per-call overhead is paid rarely.
@@ -40,7 +41,7 @@ def default_model_uri(layout: Layout, dataset: str | None) -> tuple[str, str]:
     else:
         dataset = dataset or "mnist"
         prefix = DEFAULT_PREFIX
-    return f"models:/{registered_model_name(prefix, dataset)}@champion", dataset
+    return f"models:/{registered_model_name(prefix, dataset)}@{CHAMPION}", dataset
 
 
 def load_model(layout: Layout, source: str):

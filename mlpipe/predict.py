@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import unicodedata
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from mlpipe.images import ImageInputError, check_image
 from mlpipe.inference import Prediction, classify, default_model_uri, load_model
 from mlpipe.model_files import check_output_count
 from mlpipe.paths import HERE, Layout
+from mlpipe.runner import DEBUG_ENV
 
 log = logging.getLogger("predict")
 # Characters that must never reach a terminal raw: controls (newline, escape), format
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     try:
         results = run(args, layout or HERE)
     except (PipelineError, ImageInputError) as exc:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exc(file=sys.stderr)
+        # Escaping keeps it one line: a newline in a file name prints as \n.
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     show(results, args.json)

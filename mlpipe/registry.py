@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlpipe.errors import TrackingError
+from mlpipe.errors import TrackingError, first_line
 from mlpipe.store import store_lock
 
 if TYPE_CHECKING:
@@ -89,8 +89,12 @@ def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        # A missing alias: the SQL store says INVALID_PARAMETER_VALUE, a server may say
+        # RESOURCE_DOES_NOT_EXIST. Anything else (the store failing) must not read as "none".
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise TrackingError(f"{name}: cannot read alias {CHAMPION} ({first_line(exc)})") from exc
 
 
 def _accuracy(version: ModelVersion) -> float:

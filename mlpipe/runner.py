@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
 
-from mlpipe.errors import PipelineError, Terminated, redact
+from mlpipe.errors import PipelineError, Terminated, one_line
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -111,7 +111,7 @@ def execute(name: str, main: Callable[[], None]) -> int:
 def _fail(message: str, code: int) -> int:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exc(file=sys.stderr)
-    print(f"error: {redact(message)}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return code
 
 

@@ -99,9 +99,9 @@ class Tracker:
         if pending is not None:
             pending.wait()
 
-    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+    def log_artifacts(self, folder: Path, under: str) -> None:
         with self.timed():
-            self.client.log_artifact(self.run_id, str(path), folder)
+            self.client.log_artifacts(self.run_id, str(folder), under)
 
     def log_text(self, text: str, name: str) -> None:
         with self.timed():

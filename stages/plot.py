@@ -12,6 +12,8 @@ Run: `dvc repro plot`, or `python -m stages.plot` from the repository root.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from mlpipe.config import Params, load_params
 from mlpipe.datasets import SPECS
 from mlpipe.errors import DataError
 from mlpipe.paths import HERE, Layout
+from mlpipe.run_record import RunRecord
 from mlpipe.runner import run_stage
 from mlpipe.splits import load_split
 
@@ -50,6 +53,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         layout.predictions_file, {"index", "label", "predicted", "probability"}
     )
     confusion = read_table(layout.confusion_file, {"label"})
+    record = RunRecord.read(layout.run_record_file)
     x_train, y_train = load_split(layout, "train", spec)
     x_test, y_test = load_split(layout, "test", spec)
     if len(predictions) != len(y_test) or not np.array_equal(predictions["label"], y_test):
@@ -59,6 +63,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
 
     from mlpipe import figures
     from mlpipe.atomic import atomic_paths
+    from mlpipe.runs import attached_run, connect
 
     rng = np.random.default_rng(params.base.seed)
     samples = np.sort(
@@ -93,29 +98,24 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
             params.plot.wrong_count,
         ),
     }
-    # Remove figures a previous run left that this one does not make.
+    finals = [layout.figures_dir / name for name in built]
+    client, _ = connect(record.experiment_name, layout.workspace)
+    with (
+        attached_run(client, record.run_id) as tracker,
+        atomic_paths(*finals) as temps,
+        tempfile.TemporaryDirectory(prefix="mlpipe-figures-") as scratch,
+    ):
+        for (name, figure), temp in zip(built.items(), temps, strict=True):
+            figures.save_png(figure, temp)
+            shutil.copyfile(temp, Path(scratch) / name)  # logged under its real name
+        tracker.log_artifacts(Path(scratch), "figures")
+    # Only now that the new figures are in place: remove those this run does not make.
     for stale in layout.figures_dir.glob("*.png"):
         if stale.name not in built:
             stale.unlink()
-    finals = [layout.figures_dir / name for name in built]
-    with atomic_paths(*finals) as temps:
-        for figure, temp in zip(built.values(), temps, strict=True):
-            figures.save_png(figure, temp)
-    log.info("%d figures in %s", len(finals), layout.figures_dir)
-    log_to_run(layout, finals)
-
-
-def log_to_run(layout: Layout, paths: list[Path]) -> None:
-    """Attach the figures to the MLflow run that trained the model."""
-    from mlpipe.run_record import RunRecord
-    from mlpipe.runs import attached_run, connect
-
-    record = RunRecord.read(layout.run_record_file)
-    client, _ = connect(record.experiment_name, layout.workspace)
-    with attached_run(client, record.run_id) as tracker:
-        for path in paths:
-            tracker.log_artifact(path, "figures")
-    log.info("figures logged to MLflow run %s", record.run_id)
+    log.info(
+        "%d figures in %s, logged to MLflow run %s", len(finals), layout.figures_dir, record.run_id
+    )
 
 
 if __name__ == "__main__":

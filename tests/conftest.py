@@ -103,7 +103,7 @@ def forget_mlflow_state() -> None:
     SqlAlchemyStore._engine_map.clear()
 
 
-def run_stage(workspace: Path, name: str, timeout: float | None = None, **env: str) -> StageResult:
+def run_stage(workspace: Path, name: str, **env: str) -> StageResult:
     """Run stage `name` on `workspace` in this process, as `python -m stages.<name>` would.
 
     The stage gets the workspace's layout and the given environment; what it prints and logs

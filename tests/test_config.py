@@ -170,7 +170,7 @@ def test_stage_exits_2_with_one_line_and_touches_nothing(workspace: Path, stage:
     raw = with_value("train.epochs", -1)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
     before = files_under(workspace)
-    result = run_stage(workspace, stage, timeout=60)
+    result = run_stage(workspace, stage)
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
         "error: params.yaml: train.epochs must be an integer greater than 0 and at most 100000 "

@@ -179,7 +179,6 @@ def test_stage_offline_without_mirror_fails_fast_naming_data_mirror(workspace: P
     result = run_stage(
         workspace,
         "download",
-        timeout=90,
         HTTPS_PROXY="http://127.0.0.1:9",
         HTTP_PROXY="http://127.0.0.1:9",
     )

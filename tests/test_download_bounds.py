@@ -428,7 +428,6 @@ def test_stage_output_has_no_credentials_and_no_urllib3_lines(
         result = run_stage(
             workspace,
             "download",
-            timeout=90,
             DATA_MIRROR=server.url.replace("://", f"://reader:{SECRET}@"),
             HTTPS_PROXY="http://127.0.0.1:9",
             HTTP_PROXY="http://127.0.0.1:9",

@@ -161,3 +161,17 @@ def test_evaluate_without_training_says_so(workspace: Path) -> None:
     result = run_stage(workspace, "evaluate")
     assert result.returncode == 1
     assert error_lines(result.stderr)[0].endswith("run.json: missing; run the train stage first")
+
+
+def test_failed_plot_leaves_the_previous_figures(evaluated: Path) -> None:
+    assert run_stage(evaluated, "plot").returncode == 0
+    folder = evaluated / "reports/figures"
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    (evaluated / "mlflow.db").unlink()
+    (evaluated / "mlflow.db").mkdir()  # the store is unusable: the stage must fail
+    result = run_stage(evaluated, "plot")
+    assert result.returncode == 1
+    assert error_lines(result.stderr)[0].endswith(
+        "is a directory, not an MLflow store; move it away"
+    )
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

@@ -73,7 +73,7 @@ def test_stage_writes_processed_arrays_for_each_dataset(workspace: Path, name: s
     text = (workspace / "params.yaml").read_text().replace("dataset: mnist", f"dataset: {name}")
     (workspace / "params.yaml").write_text(text)
     spec = write_raw(workspace / "data" / "raw" / name, name)
-    result = run_stage(workspace, "preprocess", timeout=60)
+    result = run_stage(workspace, "preprocess")
     assert result.returncode == 0, result.stderr
     processed = workspace / "data" / "processed"
     assert files_under(processed) == ["summary.csv", "test.npz", "train.npz", "val.npz"]
@@ -117,7 +117,7 @@ def test_damaged_file_is_named_by_the_decoder_too(tmp_path: Path, name: str, dam
 
 
 def test_stage_without_raw_data_says_run_download(workspace: Path) -> None:
-    result = run_stage(workspace, "preprocess", timeout=60)
+    result = run_stage(workspace, "preprocess")
     assert result.returncode == 1
     assert len(error_lines(result.stderr)) == 1
     assert "run the download stage first" in result.stderr
