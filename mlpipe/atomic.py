@@ -21,11 +21,13 @@ def temp_sibling(final: Path, pid: int | None = None) -> Path:
 
 
 def remove_stale_temps(final: Path) -> None:
-    """Remove temp siblings of `final` left by processes that were killed (`kill -9`)."""
+    """Remove temp siblings of `final` left by processes that were killed (`kill -9`), with
+    any side files named after them (a half-made SQLite store's `-journal` or `-wal`)."""
     import psutil
 
-    for temp in final.parent.glob(f".{final.stem}.tmp*{final.suffix}"):
-        owner = temp.name[len(f".{final.stem}.tmp") : len(temp.name) - len(final.suffix)]
+    prefix = f".{final.stem}.tmp"
+    for temp in final.parent.glob(f"{prefix}*{final.suffix}*"):
+        owner = temp.name[len(prefix) :].split(".", 1)[0]
         if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
             temp.unlink(missing_ok=True)
 

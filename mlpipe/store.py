@@ -24,7 +24,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from mlpipe.atomic import temp_sibling
+from mlpipe.atomic import remove_stale_temps, temp_sibling
 from mlpipe.errors import TrackingError, first_line, redact
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,6 @@ def store_lock(uri: str) -> Iterator[None]:
     queue.
     """
     import hashlib
-    import tempfile
 
     from filelock import FileLock, Timeout
 
@@ -315,7 +314,7 @@ def create(path: Path, artifacts: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_stores(path)
+    remove_stale_temps(path)
     temp = temp_sibling(path)
     temp.unlink(missing_ok=True)
     uri = sqlite_uri(temp)
@@ -341,17 +340,6 @@ def create(path: Path, artifacts: str) -> None:
         for leftover in (temp, *(Path(f"{temp}{end}") for end in ("-wal", "-shm", "-journal"))):
             leftover.unlink(missing_ok=True)
     log.info("created the MLflow store %s", path)
-
-
-def _remove_stale_stores(path: Path) -> None:
-    """Remove half-made stores, with their journals, of creators that were killed."""
-    import psutil
-
-    prefix = temp_sibling(path, pid=1).name.split("tmp1")[0] + "tmp"
-    for leftover in path.parent.glob(f"{prefix}*{path.suffix}*"):
-        owner = leftover.name[len(prefix) :].split(".", 1)[0]
-        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
-            leftover.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -475,8 +463,6 @@ def relocate(path: Path, *, write: bool = True) -> None:
 
 def _workspace_of(location: str) -> Path | None:
     """The workspace folder of an experiment location this pipeline made, else None."""
-    from urllib.parse import unquote
-
     found = _WORKSPACE_LOCATION.match(location)
     if found is None:
         return None

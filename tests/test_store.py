@@ -48,6 +48,14 @@ def usable(path: Path) -> bool:
     return True
 
 
+def execute_sql(path: Path, *statements: str) -> None:
+    """Run SQL statements on the SQLite file at `path` (made if need be), then commit."""
+    with closing(sqlite3.connect(path)) as connection:
+        for statement in statements:
+            connection.execute(statement)
+        connection.commit()
+
+
 def refused_untouched(path: Path, match: str) -> None:
     """prepare() refuses the store at `path` with a message matching `match`; bytes unchanged."""
     before = digest(path)
@@ -147,10 +155,11 @@ def test_new_store_is_complete_whenever_its_creator_is_killed(tmp_path: Path) ->
 
 def test_half_made_store_without_runs_is_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "mlflow.db"
-    with closing(sqlite3.connect(path)) as connection:
-        connection.execute("CREATE TABLE experiments (experiment_id INTEGER)")
-        connection.execute("CREATE TABLE alembic_version (version_num TEXT)")
-        connection.commit()
+    execute_sql(
+        path,
+        "CREATE TABLE experiments (experiment_id INTEGER)",
+        "CREATE TABLE alembic_version (version_num TEXT)",
+    )
     assert store.inspect_store(path) == "incomplete"
     store.prepare(uri_of(path))
     assert store.inspect_store(path) == "mlflow"
@@ -185,10 +194,11 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
 
 def test_someone_elses_sqlite_file_gets_no_mlflow_tables(tmp_path: Path) -> None:
     path = tmp_path / "mlflow.db"
-    with closing(sqlite3.connect(path)) as connection:
-        connection.execute("CREATE TABLE customers (name TEXT)")
-        connection.execute("INSERT INTO customers VALUES ('ada')")
-        connection.commit()
+    execute_sql(
+        path,
+        "CREATE TABLE customers (name TEXT)",
+        "INSERT INTO customers VALUES ('ada')",
+    )
     refused_untouched(path, r"without MLflow's tables, not an MLflow store")
 
 
@@ -363,16 +373,18 @@ def test_database_store_without_its_driver_is_one_line(monkeypatch: pytest.Monke
 def test_a_database_with_mlflow_like_table_names_and_data_is_never_rebuilt(tmp_path: Path) -> None:
     """Only a half-made store (MLflow's tables, all empty) is rebuilt; anything else is kept."""
     path = tmp_path / "mlflow.db"
-    with closing(sqlite3.connect(path)) as connection:
-        connection.execute("CREATE TABLE experiments (id INTEGER, note TEXT)")
-        connection.execute("INSERT INTO experiments VALUES (1, 'lab notes')")
-        connection.execute("CREATE TABLE runs (id INTEGER)")
-        connection.commit()
+    execute_sql(
+        path,
+        "CREATE TABLE experiments (id INTEGER, note TEXT)",
+        "INSERT INTO experiments VALUES (1, 'lab notes')",
+        "CREATE TABLE runs (id INTEGER)",
+    )
     refused_untouched(path, r"with data but without all of MLflow's tables")
-    with closing(sqlite3.connect(path)) as connection:
-        connection.execute("DELETE FROM experiments")
-        connection.execute("CREATE TABLE patients (name TEXT)")
-        connection.commit()
+    execute_sql(
+        path,
+        "DELETE FROM experiments",
+        "CREATE TABLE patients (name TEXT)",
+    )
     refused_untouched(path, r"without MLflow's tables, not an MLflow store")
 
 
