@@ -26,7 +26,9 @@ def remove_stale_temps(final: Path) -> None:
     import psutil
 
     prefix = f".{final.stem}.tmp"
-    for temp in final.parent.glob(f"{prefix}*{final.suffix}*"):
+    # `*` twice in a row is not a valid glob pattern: a name without a suffix needs only one.
+    pattern = f"{prefix}*{final.suffix}*" if final.suffix else f"{prefix}*"
+    for temp in final.parent.glob(pattern):
         owner = temp.name[len(prefix) :].split(".", 1)[0]
         if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
             temp.unlink(missing_ok=True)
