@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlpipe.errors import TrackingError, first_line
-from mlpipe.store import store_lock
+from mlpipe.store import store_lock, tracking_failure
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -39,22 +39,32 @@ def promote(client: MlflowClient, name: str, version: int, accuracy: float) -> D
 
     with store_lock(client.tracking_uri):
         try:
-            client.get_model_version(name, str(version))
+            return _promote(client, name, version, accuracy)
         except MlflowException as exc:
-            raise TrackingError(
-                f"registered model {name} version {version} (from models/run.json) is not in "
-                "the registry (deleted?); run the train stage again"
-            ) from exc
-        client.set_model_version_tag(name, str(version), ACCURACY_TAG, f"{accuracy:.6f}")
-        client.set_registered_model_alias(name, CHALLENGER, str(version))
-        for _ in range(MAX_ATTEMPTS):
-            decision = _compare_and_set(client, name, version, accuracy)
-            holder = _champion(client, name)
-            # Re-check: another machine's promoter may have written between our read and write.
-            if holder is not None and (
-                int(holder.version) == version or _accuracy(holder) >= accuracy
-            ):
-                return decision
+            # A refused permission, the server or database away: one line that says which.
+            raise TrackingError(tracking_failure(exc, client.tracking_uri)) from exc
+
+
+def _promote(client: MlflowClient, name: str, version: int, accuracy: float) -> Decision:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise TrackingError(
+            f"registered model {name} version {version} (from models/run.json) is not in "
+            "the registry (deleted?); run the train stage again"
+        ) from exc
+    client.set_model_version_tag(name, str(version), ACCURACY_TAG, f"{accuracy:.6f}")
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    for _ in range(MAX_ATTEMPTS):
+        decision = _compare_and_set(client, name, version, accuracy)
+        holder = _champion(client, name)
+        # Re-check: another machine's promoter may have written between our read and write.
+        if holder is not None and (int(holder.version) == version or _accuracy(holder) >= accuracy):
+            return decision
     raise TrackingError(f"{name}: {CHAMPION} kept changing under promotion; run evaluate again")
 
 

@@ -22,10 +22,10 @@ from mlpipe.orphans import close_orphaned_runs
 from mlpipe.store import (
     artifact_root,
     check_reachable,
-    describe_error,
     prepare,
     store_label,
     store_lock,
+    tracking_failure,
     tracking_uri,
     use_store,
 )
@@ -57,10 +57,7 @@ class Tracker:
         try:
             yield
         except (MlflowException, SQLAlchemyError) as exc:
-            raise TrackingError(
-                f"MLflow tracking store {store_label(self.client.tracking_uri)} failed: "
-                f"{describe_error(exc)}"
-            ) from exc
+            raise TrackingError(tracking_failure(exc, self.client.tracking_uri)) from exc
         finally:
             self.seconds += time.perf_counter() - start
             self.calls += 1
@@ -145,7 +142,7 @@ def connect(experiment_name: str, workspace: Path) -> tuple[MlflowClient, str]:
                 experiment_id = experiment.experiment_id
         close_orphaned_runs(client, experiment_id)
     except (MlflowException, SQLAlchemyError) as exc:
-        raise TrackingError(f"MLflow store {store_label(uri)}: {describe_error(exc)}") from exc
+        raise TrackingError(tracking_failure(exc, uri)) from exc
     return client, experiment_id
 
 
@@ -212,11 +209,15 @@ def tracked_run(
     Under `dvc exp run` the run is named after the DVC experiment.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     use_store(client.tracking_uri)
     with store_lock(client.tracking_uri):
-        name = run_name(client, experiment_id, tags.get("mlflow.source.git.commit"))
-        run = client.create_run(experiment_id, tags=dict(tags), run_name=name)
+        try:
+            name = run_name(client, experiment_id, tags.get("mlflow.source.git.commit"))
+            run = client.create_run(experiment_id, tags=dict(tags), run_name=name)
+        except MlflowException as exc:
+            raise TrackingError(tracking_failure(exc, client.tracking_uri)) from exc
     tracker = Tracker(client, run.info.run_id, experiment_id)
     mlflow.start_run(run_id=run.info.run_id)
     status = "FAILED"

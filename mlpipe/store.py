@@ -182,6 +182,53 @@ def _check_server(uri: str) -> None:
             f"MLflow tracking server {shown_uri(uri)} (MLFLOW_TRACKING_URI) is not reachable "
             f"({reason}); start it, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
         ) from exc
+    _check_login(uri)
+
+
+def _check_login(uri: str) -> None:
+    """Raise TrackingError at once if a server that asks for a login refuses ours.
+
+    The credentials are MLflow's own (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD,
+    or ~/.mlflow/credentials), sent as MLflow sends them.
+    """
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    endpoint = "/api/2.0/mlflow/experiments/search"
+    reply = http_request(
+        get_default_host_creds(uri),
+        endpoint,
+        "GET",
+        params={"max_results": 1},
+        max_retries=0,
+        timeout=SERVER_CHECK_TIMEOUT_S,
+        raise_on_status=False,
+    )
+    if reply.status_code == 401:
+        raise TrackingError(access_refused(uri, 401, endpoint))
+
+
+def access_refused(uri: str, status: int, endpoint: str) -> str:
+    """What a 401 or 403 from a tracking server means, and what to set or ask for."""
+    from mlflow.utils.credentials import get_default_host_creds
+
+    user = get_default_host_creds(uri).username
+    server = f"MLflow tracking server {shown_uri(uri)}"
+    if status == 401 and not user:
+        return (
+            f"{server} asks for a login: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or write them to ~/.mlflow/credentials)"
+        )
+    if status == 401:
+        return (
+            f"{server} refused the login of user {user!r} (wrong password or unknown user): "
+            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    action = endpoint.rsplit("/mlflow/", 1)[-1]
+    return (
+        f"{server}: user {user!r} may not do {action} here (HTTP 403, permission denied); "
+        f"ask the server's admin to run: python -m mlpipe.team add-member {user}"
+    )
 
 
 def _check_database(uri: str) -> None:
@@ -406,6 +453,21 @@ def describe_sqlite_error(exc: BaseException) -> str:
     if "unable to open" in text:
         return "cannot be opened; check that its folder exists and is writable"
     return first_line(exc)
+
+
+def tracking_failure(exc: BaseException, uri: str) -> str:
+    """The one line for an MLflow call on `uri` that failed: a refused login or permission
+    says what to set or ask for; anything else names the store and the reason."""
+    refused = re.search(r"endpoint (\S+) failed with error code (401|403)\b", str(exc))
+    if refused:
+        return access_refused(uri, int(refused.group(2)), refused.group(1))
+    failing = re.search(r"too many (5\d\d) error responses", str(exc))
+    if failing:
+        return (
+            f"MLflow tracking server {shown_uri(uri)} answers HTTP {failing.group(1)} (is its "
+            "database down?); ask its admin to check the server's log, then run again"
+        )
+    return f"MLflow tracking store {store_label(uri)} failed: {describe_error(exc)}"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -1,0 +1,310 @@
+"""The team's shared MLflow server: PostgreSQL behind it, MLflow's own login in front.
+
+    python -m mlpipe.team serve [--port 5000] [--artifacts-destination DIR] ...
+    python -m mlpipe.team add-member NAME [--permission EDIT] [--password-file FILE]
+
+`serve` starts `mlflow server --app-name basic-auth` over the PostgreSQL databases that
+`scripts/team-db.sh` created: runs and the registry in one, users and permissions in the other.
+A new user may read every experiment and model but change only what they created
+(`default_permission = READ`). The admin's password comes from MLFLOW_AUTH_ADMIN_PASSWORD or
+`--admin-password-file`, never from a default; the database password from libpq's own
+`~/.pgpass` (or PGPASSWORD), so no secret is ever on a command line.
+
+`add-member` (run by the admin, with MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD set) creates a user and lets them run the pipeline: it grants them
+`--permission` on the experiment and the registered models that params.yaml names.
+
+Exit codes: 0 done; 1 the server, database or a request failed; 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from mlpipe.config import DATASETS, load_params, registered_model_name
+from mlpipe.errors import ConfigError, TrackingError, first_line
+from mlpipe.paths import HERE
+from mlpipe.runner import execute
+from mlpipe.store import check_reachable, shown_uri
+
+log = logging.getLogger("team")
+
+DEFAULT_STATE = Path.home() / "mlflow-team"
+ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
+SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
+# What a user gets on what they did not create: they can read it and build on it (compare runs,
+# load a model), never change or delete it.
+DEFAULT_PERMISSION = "READ"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlpipe.team", description="Run and administer the team's MLflow server."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the team's tracking server")
+    serve.add_argument(
+        "--backend-store-uri",
+        default="postgresql://mlflow@localhost/mlflow",
+        help="runs and registry (password in ~/.pgpass or PGPASSWORD, not here)",
+    )
+    serve.add_argument(
+        "--auth-database-uri",
+        help="users and permissions (default: the backend's server, database mlflow_auth)",
+    )
+    serve.add_argument(
+        "--artifacts-destination",
+        default=str(DEFAULT_STATE / "artifacts"),
+        help="where the server keeps models and figures: a folder, or s3://bucket/path",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument(
+        "--allowed-hosts",
+        help="Host headers to accept, comma-separated (needed behind a proxy or on 0.0.0.0)",
+    )
+    serve.add_argument("--workers", type=int, help="server processes (default: MLflow's)")
+    serve.add_argument("--admin-username", default="admin")
+    serve.add_argument(
+        "--admin-password-file",
+        type=Path,
+        help=f"the admin's password, first line (default: ${ADMIN_PASSWORD_ENV})",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help="where the server's auth configuration is written",
+    )
+
+    member = commands.add_parser("add-member", help="create a user and let them run the pipeline")
+    member.add_argument("username")
+    member.add_argument(
+        "--permission",
+        choices=PERMISSIONS,
+        default="EDIT",
+        help="on the team's experiment and registered models (default: EDIT)",
+    )
+    member.add_argument(
+        "--password-file",
+        type=Path,
+        help="the new member's password, first line (default: ask, or read standard input)",
+    )
+    member.add_argument(
+        "--params", type=Path, default=HERE.params_file, help="names the experiment"
+    )
+    return parser.parse_args(argv)
+
+
+def read_secret(path: Path | None, what: str, environment: str | None = None) -> str:
+    """A password from the first line of `path`, else from `environment`, else refused."""
+    if path is not None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+        secret = lines[0] if lines else ""
+        if not secret:
+            raise ConfigError(f"{path}: empty; its first line must be {what}")
+        return secret
+    secret = os.environ.get(environment or "", "")
+    if not secret:
+        raise ConfigError(f"no {what}: set {environment}, or pass a file holding it")
+    return secret
+
+
+def auth_config(default_permission: str, database_uri: str, admin_username: str) -> str:
+    """The basic-auth app's configuration; it holds no secret (the admin's is in the env)."""
+    return (
+        "[mlflow]\n"
+        f"default_permission = {default_permission}\n"
+        f"database_uri = {database_uri}\n"
+        f"admin_username = {admin_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+
+
+def _secret_key(state_dir: Path) -> str:
+    """The key that signs the login forms' CSRF tokens: made once, kept private, reused, so a
+    restarted server accepts the forms it served before."""
+    import secrets
+
+    path = state_dir / "flask-secret-key"
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(secrets.token_hex(32))
+    return path.read_text(encoding="utf-8").strip()
+
+
+def sibling_database(uri: str, name: str) -> str:
+    """`uri` with its database (the path) replaced by `name`, query kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Check both databases answer, write the auth configuration, then become the server."""
+    password = read_secret(args.admin_password_file, "the admin's password", ADMIN_PASSWORD_ENV)
+    auth_uri = args.auth_database_uri or sibling_database(args.backend_store_uri, "mlflow_auth")
+    for uri in (args.backend_store_uri, auth_uri):
+        if not uri.startswith(("postgresql", "mysql")):
+            raise ConfigError(
+                f"{shown_uri(uri)}: the team's server needs a database server "
+                "(postgresql://...); SQLite is for one person's workspace"
+            )
+        check_reachable(uri)
+    args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = args.state_dir / "basic_auth.ini"
+    config.write_text(
+        auth_config(DEFAULT_PERMISSION, auth_uri, args.admin_username), encoding="utf-8"
+    )
+    if "://" not in args.artifacts_destination:
+        Path(args.artifacts_destination).mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        args.backend_store_uri,
+        "--artifacts-destination",
+        args.artifacts_destination,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    if args.allowed_hosts:
+        command += ["--allowed-hosts", args.allowed_hosts]
+    environment = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        ADMIN_PASSWORD_ENV: password,
+        SECRET_KEY_ENV: os.environ.get(SECRET_KEY_ENV) or _secret_key(args.state_dir),
+    }
+    log.info(
+        "MLflow server on http://%s:%d, store %s, users in %s, artifacts in %s",
+        args.host,
+        args.port,
+        shown_uri(args.backend_store_uri),
+        shown_uri(auth_uri),
+        shown_uri(args.artifacts_destination),
+    )
+    sys.stderr.flush()
+    os.execve(sys.executable, command, environment)
+
+
+def add_member(args: argparse.Namespace) -> None:
+    """Create the user and grant them `--permission` on what the pipeline writes to."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        raise ConfigError("set MLFLOW_TRACKING_URI to the team's server (http://host:port)")
+    params = load_params(args.params)
+    password = _member_password(args)
+    check_reachable(uri)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with warnings.catch_warnings():
+        # Importing the auth client imports the server app, which warns about Starlette.
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.client import AuthServiceClient
+
+    auth = AuthServiceClient(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = params.mlflow.experiment_name
+    models = [registered_model_name(params.mlflow.registered_model_name, d) for d in DATASETS]
+    try:
+        try:
+            auth.create_user(args.username, password)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            log.info("user %s exists already: password unchanged, permissions set", args.username)
+        experiment_id = _experiment_id(client, experiment)
+        _grant(auth, args.username, "experiment", experiment_id, args.permission)
+        for name in models:
+            _ensure_registered_model(client, name)
+            _grant(auth, args.username, "registered_model", name, args.permission)
+    except MlflowException as exc:
+        raise TrackingError(f"{shown_uri(uri)}: {first_line(exc)}") from exc
+    log.info(
+        "user %s may %s experiment %s and models %s",
+        args.username,
+        args.permission,
+        experiment,
+        ", ".join(models),
+    )
+
+
+def _member_password(args: argparse.Namespace) -> str:
+    if args.password_file is not None:
+        return read_secret(args.password_file, f"{args.username}'s password")
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.username}: ")
+        if password != getpass.getpass("again: "):
+            raise ConfigError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise ConfigError(f"no password given for {args.username}")
+    return password
+
+
+def _grant(auth, username: str, kind: str, resource: str, permission: str) -> None:
+    """Give `username` exactly `permission` on the resource, replacing what they had."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        auth.grant_user_permission(username, kind, resource, permission)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        auth.revoke_user_permission(username, kind, resource)
+        auth.grant_user_permission(username, kind, resource, permission)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name)
+    return experiment.experiment_id
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    action = serve if args.command == "serve" else add_member
+    return execute("team", lambda: action(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

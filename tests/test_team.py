@@ -1,0 +1,382 @@
+"""The team set-up, with the real services: PostgreSQL, the team's MLflow server with its login,
+a DVC remote and a shared Git repository. Every command of the README's "Team set-up" runs here.
+
+The tests share one cluster and one server and run in order; the last one stops PostgreSQL
+under the running server and starts it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import (
+    MIRROR,
+    QUICK,
+    REPO,
+    dvc,
+    error_lines,
+    free_port,
+    needs_mirror,
+    project_copy,
+    run_git,
+    run_stage_process,
+    serve,
+    stage_env,
+    stop,
+)
+from tests.fakes import set_params, write_processed
+from tests.services import (
+    ADMIN_PASSWORD,
+    DB_PASSWORD,
+    Postgres,
+    TeamServer,
+    add_member,
+    create_team_databases,
+    start_postgres,
+    start_team_server,
+)
+
+pytestmark = pytest.mark.slow
+
+MEMBER, MEMBER_PASSWORD = "alice", "alice-Secret-pw-1"
+READER, READER_PASSWORD = "bob", "bob-Secret-pw-2"
+MODEL = "keras-tutorial-mnist"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Postgres]:
+    cluster = start_postgres()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(scope="module")
+def server(cluster: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+    made = create_team_databases(cluster)
+    assert made.returncode == 0, made.stderr
+    folder = tmp_path_factory.mktemp("team-server")
+    server = start_team_server(cluster, folder)
+    for name, password, permission in (
+        (MEMBER, MEMBER_PASSWORD, "EDIT"),
+        (READER, READER_PASSWORD, "READ"),
+    ):
+        added = add_member(server, folder, name, password, permission)
+        assert added.returncode == 0, added.stderr
+        assert f"user {name} may {permission} experiment keras-tutorial" in added.stderr
+    yield server
+    stop(server.process)
+
+
+def login(user: str, password: str, server: TeamServer) -> dict[str, str]:
+    return {
+        "MLFLOW_TRACKING_URI": server.url,
+        "MLFLOW_TRACKING_USERNAME": user,
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
+
+
+def admin_client(server: TeamServer):
+    from mlflow import MlflowClient
+
+    os.environ["MLFLOW_TRACKING_USERNAME"] = "admin"
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN_PASSWORD
+    return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+
+
+def all_runs(client) -> list:
+    from mlflow.entities import ViewType
+
+    experiment = client.get_experiment_by_name("keras-tutorial")
+    return client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+
+
+def quick_workspace(folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    write_processed(folder)
+    set_params(folder, **QUICK)
+    return folder
+
+
+def test_database_script_can_run_again(cluster: Postgres, server: TeamServer) -> None:
+    """scripts/team-db.sh is safe to re-run (it keeps the databases and sets the password)."""
+    again = create_team_databases(cluster)
+    assert again.returncode == 0, again.stderr
+    assert "role mlflow owns databases mlflow and mlflow_auth" in again.stdout
+    assert DB_PASSWORD not in again.stdout + again.stderr
+
+
+def test_only_the_team_gets_in(server: TeamServer) -> None:
+    api = f"{server.url}/api/2.0/mlflow/experiments/search"
+    assert requests.get(api, params={"max_results": 1}, timeout=10).status_code == 401
+    assert requests.get(f"{server.url}/", timeout=10).status_code == 401
+    wrong = requests.get(api, params={"max_results": 1}, auth=(MEMBER, "guess"), timeout=10)
+    assert wrong.status_code == 401
+    right = requests.get(api, params={"max_results": 1}, auth=(MEMBER, MEMBER_PASSWORD), timeout=10)
+    assert right.status_code == 200
+    # No secret on a command line: the server and its workers were started without one.
+    import psutil
+
+    processes = [psutil.Process(server.process.pid)]
+    processes += processes[0].children(recursive=True)
+    for process in processes:
+        command = " ".join(process.cmdline())
+        assert ADMIN_PASSWORD not in command and DB_PASSWORD not in command
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "expected"),
+    [
+        (None, None, "asks for a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        (MEMBER, "wrong-guess", "refused the login of user 'alice' (wrong password"),
+    ],
+)
+def test_no_or_wrong_login_is_one_line_in_seconds(
+    server: TeamServer, tmp_path: Path, user: str | None, password: str | None, expected: str
+) -> None:
+    workspace = quick_workspace(tmp_path / "ws")
+    env = login(user, password, server) if user else {"MLFLOW_TRACKING_URI": server.url}
+    start = time.monotonic()
+    result = run_stage_process(workspace, "train", **env)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1
+    assert [expected in line for line in error_lines(result.stderr)] == [True], result.stderr
+    assert "Traceback" not in result.stderr
+    if password:
+        assert password not in result.stdout + result.stderr
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert not (workspace / "models").exists()
+
+
+def test_reader_cannot_log_or_promote(server: TeamServer, tmp_path: Path) -> None:
+    """A member trains and promotes; a user with read permission can do neither, and the
+    failed stage leaves no output and no run behind."""
+    client = admin_client(server)
+    workspace = quick_workspace(tmp_path / "ws")
+    member = login(MEMBER, MEMBER_PASSWORD, server)
+    for stage in ("train", "evaluate"):
+        result = run_stage_process(workspace, stage, **member)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert MEMBER_PASSWORD not in result.stdout + result.stderr
+    record = json.loads((workspace / "models/run.json").read_text())
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+    # No credential in what the run records.
+    recorded = json.dumps({**run.data.params, **run.data.tags})
+    assert MEMBER_PASSWORD not in recorded and MEMBER not in run.data.params.values()
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    runs_before = len(all_runs(client))
+
+    reader = login(READER, READER_PASSWORD, server)
+    other = quick_workspace(tmp_path / "reader")
+    result = run_stage_process(other, "train", **reader)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "user 'bob' may not do runs/create here (HTTP 403" in line
+    assert "add-member bob" in line
+    assert not (other / "models").exists()
+    assert len(all_runs(client)) == runs_before
+
+    metrics = (workspace / "reports/metrics.json").read_bytes()
+    set_params(workspace, evaluate__batch_size=7)  # so the reader's evaluate has work to do
+    result = run_stage_process(workspace, "evaluate", **reader)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "user 'bob' may not do" in line and "HTTP 403" in line
+    assert (workspace / "reports/metrics.json").read_bytes() == metrics
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion.version
+
+
+# The daily commands of the README's "Team set-up", between two clones of one Git repository.
+
+
+@pytest.fixture(scope="module")
+def shared(server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Alice's clone has run the pipeline through the team server and pushed it: code to the
+    shared Git repository, data and models to the DVC remote. Bob's clone is fresh."""
+    folder = tmp_path_factory.mktemp("shared")
+    origin = project_copy(folder / "origin")
+    set_params(origin, preprocess__train_fraction=0.05, train__epochs=2)
+    run_git(origin, "commit", "-q", "-am", "small")
+    remote = folder / "dvc-remote"
+    bare = folder / "team.git"
+    run_git(folder, "clone", "-q", "--bare", str(origin), str(bare))
+    alice = folder / "alice"
+    run_git(folder, "clone", "-q", str(bare), str(alice))
+    added = dvc(alice, "remote", "add", "-d", "team", str(remote))
+    assert added.returncode == 0, added.stderr
+    run_git(alice, "commit", "-q", "-am", "Team DVC remote")
+
+    env = {**login(MEMBER, MEMBER_PASSWORD, server), "DATA_MIRROR": str(MIRROR)}
+    result = dvc(alice, "repro", **env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pushed = dvc(alice, "push", **env)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    run_git(alice, "add", "dvc.lock", "reports/metrics.json")
+    run_git(alice, "commit", "-q", "-m", "Results")
+    run_git(alice, "push", "-q", "origin", "main")
+    bob = folder / "bob"
+    run_git(folder, "clone", "-q", str(bare), str(bob))
+    return {"alice": alice, "bob": bob, "remote": remote}
+
+
+@needs_mirror
+def test_results_travel_without_retraining(shared: dict[str, Path]) -> None:
+    alice, bob = shared["alice"], shared["bob"]
+    pulled = dvc(bob, "pull")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    # No MLflow server, no data mirror: nothing may need to run.
+    result = dvc(bob, "repro")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date" in result.stdout
+    shown = [dvc(clone, "metrics", "show", "--json").stdout for clone in (alice, bob)]
+    assert json.loads(shown[0]) == json.loads(shown[1])
+    assert (alice / "models/model.keras").read_bytes() == (bob / "models/model.keras").read_bytes()
+
+
+@needs_mirror
+def test_experiment_travels_with_its_run(server: TeamServer, shared: dict[str, Path]) -> None:
+    alice, bob = shared["alice"], shared["bob"]
+    env = {**login(MEMBER, MEMBER_PASSWORD, server), "DATA_MIRROR": str(MIRROR)}
+    ran = dvc(alice, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.1", **env)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    model = (alice / "models/model.keras").read_bytes()
+    pushed = dvc(alice, "exp", "push", "origin", "lr-high")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+
+    pulled = dvc(bob, "exp", "pull", "origin", "lr-high")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    shown = dvc(bob, "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [row] = [
+        revision["data"]
+        for baseline in json.loads(shown.stdout)
+        for experiment in baseline.get("experiments") or []
+        for revision in experiment["revs"]
+        if revision.get("name") == "lr-high"
+    ]
+    assert row["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.1
+    metrics = row["metrics"]["reports/metrics.json"]["data"]
+    assert 0 < metrics["test_accuracy"] <= 1
+
+    applied = dvc(bob, "exp", "apply", "lr-high")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    restored = dvc(bob, "pull")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert (bob / "models/model.keras").read_bytes() == model
+    # Its run id opens the same run on the team server, named after the experiment.
+    run = admin_client(server).get_run(metrics["mlflow_run_id"])
+    assert run.info.run_name == "lr-high"
+    assert run.data.params["train.learning_rate"] == "0.1"
+
+
+@needs_mirror
+def test_champion_from_the_server_predicts_and_serves(
+    server: TeamServer, shared: dict[str, Path]
+) -> None:
+    bob = shared["bob"]
+    env = login(READER, READER_PASSWORD, server)  # reading is enough to use the champion
+    with np.load(bob / "data/processed/test.npz") as test:
+        digits, labels = test["x"][:3], test["y"][:3]
+    Image.fromarray(digits[0]).save(bob / "digit.png")
+    predicted = subprocess.run(
+        [sys.executable, "-m", "mlpipe.predict", "digit.png", "--json"],
+        cwd=bob,
+        env=stage_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert READER_PASSWORD not in predicted.stdout + predicted.stderr
+    assert len(json.loads(predicted.stdout)) == 1
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        *(sys.executable, "-m", "mlflow", "models", "serve"),
+        *("-m", f"models:/{MODEL}@champion", "--env-manager", "local"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    served = serve(command, bob, f"{url}/ping", **env)
+    try:
+        reply = requests.post(f"{url}/invocations", json={"inputs": digits.tolist()}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert np.asarray(reply.json()["predictions"]).shape == (len(labels), 10)
+    finally:
+        stop(served)
+
+
+@needs_mirror
+def test_queue_of_two_loses_nothing_on_the_server(
+    server: TeamServer, shared: dict[str, Path]
+) -> None:
+    alice = shared["alice"]
+    env = {**login(MEMBER, MEMBER_PASSWORD, server), "DATA_MIRROR": str(MIRROR)}
+    queued = dvc(alice, "exp", "run", "--queue", "-S", "train.learning_rate=0.05,0.2", **env)
+    assert queued.returncode == 0, queued.stderr
+    started = dvc(alice, "queue", "start", "-j", "2", **env)
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(alice, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    dvc(alice, "queue", "stop")
+    assert status.count("Success") == 2, status
+    names = {line.split()[1] for line in status.splitlines() if "Success" in line}
+    client = admin_client(server)
+    runs = {run.info.run_name: run for run in all_runs(client)}
+    for name in names:
+        run = runs[name]
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+        assert client.list_artifacts(run.info.run_id, "figures")
+    assert not [run for run in runs.values() if run.info.status == "RUNNING"]
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    best = max(float(version.tags["test_accuracy"]) for version in versions)
+    assert float(champion.tags["test_accuracy"]) == best
+
+
+@pytest.mark.reliability
+def test_database_stopped_under_the_server(
+    cluster: Postgres, server: TeamServer, tmp_path: Path
+) -> None:
+    """PostgreSQL stops under a running server: a stage fails in seconds with one line; once
+    it is back, the same stage completes."""
+    workspace = quick_workspace(tmp_path / "ws")
+    env = login(MEMBER, MEMBER_PASSWORD, server)
+    cluster.stop()
+    try:
+        start = time.monotonic()
+        result = run_stage_process(workspace, "train", **env)
+        elapsed = time.monotonic() - start
+    finally:
+        cluster.start()
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "answers HTTP 5" in line and "database down" in line, line
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert not (workspace / "models").exists()
+    result = run_stage_process(workspace, "train", **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = admin_client(server).get_run(
+        json.loads((workspace / "models/run.json").read_text())["run_id"]
+    )
+    assert run.info.status == "FINISHED"
