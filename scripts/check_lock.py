@@ -1,0 +1,77 @@
+"""Check that the committed dvc.lock is true to the code, params and commands of this checkout.
+
+    python scripts/check_lock.py      (CI runs it on a fresh clone, before anything else)
+
+A fresh clone has no data, models or reports: outputs that are missing, and stage inputs that
+an earlier stage produces, are fine. What is not fine is a stage whose code, params or command
+differ from what dvc.lock recorded: its committed results (and `dvc exp show`'s baseline) would
+not be what this code produces. Exit 1 with one line per such difference; 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MISSING = ("deleted", "not in cache")
+
+
+def produced_paths(pipeline: dict) -> set[str]:
+    """Every path a stage of dvc.yaml writes (outs, metrics, plots)."""
+    paths = set()
+    for stage in pipeline.get("stages", {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                paths.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return paths
+
+
+def problems(status: dict, produced: set[str]) -> list[str]:
+    """What `dvc status --json` reports beyond outputs that are not here yet."""
+    found = []
+    for stage, changes in status.items():
+        for change in changes:
+            if isinstance(change, str):  # "changed command", "always changed"
+                found.append(f"{stage}: {change}")
+                continue
+            for kind, paths in change.items():
+                for path, state in paths.items():
+                    if kind == "changed outs" and state in MISSING:
+                        continue
+                    if kind == "changed deps" and state in MISSING and path in produced:
+                        continue
+                    found.append(f"{stage}: {kind.removeprefix('changed ')} {path} {state}")
+    return found
+
+
+def main() -> int:
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        print(f"error: dvc status failed: {result.stderr.strip()}", file=sys.stderr)
+        return 1
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    found = problems(json.loads(result.stdout or "{}"), produced_paths(pipeline))
+    for problem in found:
+        print(f"error: dvc.lock is stale: {problem}", file=sys.stderr)
+    if found:
+        print(
+            "error: run the pipeline (make pipeline) and commit dvc.lock with the change",
+            file=sys.stderr,
+        )
+        return 1
+    print("dvc.lock matches the code, params and commands of every stage")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
