@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup setup-dev pipeline test test-fast lint lock
+.PHONY: setup setup-dev pipeline test test-fast lint lock check-lock
 
 setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
@@ -31,6 +31,10 @@ test: setup-dev
 
 test-fast: setup-dev
 	python -m pytest -m "not slow" --durations=15
+
+# Is the committed dvc.lock true to this checkout's code, params and commands? (CI runs it first.)
+check-lock: setup
+	python scripts/check_lock.py
 
 lint: setup-dev
 	ruff check . && ruff format --check .

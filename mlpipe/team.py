@@ -104,7 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_secret(path: Path | None, what: str, environment: str | None = None) -> str:
+def read_secret(
+    path: Path | None, what: str, environment: str | None = None, option: str = ""
+) -> str:
     """A password from the first line of `path`, else from `environment`, else refused."""
     if path is not None:
         try:
@@ -117,7 +119,7 @@ def read_secret(path: Path | None, what: str, environment: str | None = None) ->
         return secret
     secret = os.environ.get(environment or "", "")
     if not secret:
-        raise ConfigError(f"no {what}: set {environment}, or pass a file holding it")
+        raise ConfigError(f"no {what} given: set {environment}, or pass {option} FILE")
     return secret
 
 
@@ -155,7 +157,9 @@ def sibling_database(uri: str, name: str) -> str:
 
 def serve(args: argparse.Namespace) -> None:
     """Check both databases answer, write the auth configuration, then become the server."""
-    password = read_secret(args.admin_password_file, "the admin's password", ADMIN_PASSWORD_ENV)
+    password = read_secret(
+        args.admin_password_file, "admin password", ADMIN_PASSWORD_ENV, "--admin-password-file"
+    )
     auth_uri = args.auth_database_uri or sibling_database(args.backend_store_uri, "mlflow_auth")
     for uri in (args.backend_store_uri, auth_uri):
         if not uri.startswith(("postgresql", "mysql")):

@@ -41,12 +41,19 @@ def problems(status: dict, produced: set[str]) -> list[str]:
                 continue
             for kind, paths in change.items():
                 for path, state in paths.items():
-                    if kind == "changed outs" and state in MISSING:
-                        continue
-                    if kind == "changed deps" and state in MISSING and path in produced:
-                        continue
-                    found.append(f"{stage}: {kind.removeprefix('changed ')} {path} {state}")
+                    if isinstance(state, dict):  # params: {"train": "modified"}
+                        keys = ", ".join(f"{key} {how}" for key, how in state.items())
+                        found.append(f"{stage}: params in {path}: {keys}")
+                    elif not _not_here_yet(kind, path, state, produced):
+                        found.append(f"{stage}: {kind.removeprefix('changed ')} {path} {state}")
     return found
+
+
+def _not_here_yet(kind: str, path: str, state: str, produced: set[str]) -> bool:
+    """An output not made yet, or an input that an earlier stage makes."""
+    if state not in MISSING:
+        return False
+    return kind == "changed outs" or (kind == "changed deps" and path in produced)
 
 
 def main() -> int:

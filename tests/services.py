@@ -112,11 +112,10 @@ def start_postgres() -> Postgres:
 
 
 def create_team_databases(cluster: Postgres) -> subprocess.CompletedProcess[str]:
-    """The README's command: scripts/team-db.sh as the superuser, the password on stdin."""
-    script = cluster.base / "team-db.sh"
-    shutil.copy(REPO / "scripts/team-db.sh", script)
-    script.chmod(0o644)
-    return cluster.as_owner(["bash", str(script)], input=DB_PASSWORD + "\n")
+    """The README's command: scripts/team-db.sh as the superuser, the password on stdin (the
+    script's text as an argument, since the postgres user may not read the checkout)."""
+    script = (REPO / "scripts/team-db.sh").read_text()
+    return cluster.as_owner(["bash", "-c", script, "team-db.sh"], input=DB_PASSWORD + "\n")
 
 
 def pgpass_file(cluster: Postgres, folder: Path) -> Path:
@@ -125,6 +124,25 @@ def pgpass_file(cluster: Postgres, folder: Path) -> Path:
     path.write_text(f"127.0.0.1:{cluster.port}:*:mlflow:{DB_PASSWORD}\n")
     path.chmod(0o600)
     return path
+
+
+def secret_file(folder: Path, name: str, secret: str) -> Path:
+    path = folder / f"{name}.password"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def credentials_home(folder: Path, username: str, password: str) -> Path:
+    """A home folder holding MLflow's credentials file, the alternative to the two variables."""
+    home = folder / f"home-{username}"
+    (home / ".mlflow").mkdir(parents=True)
+    credentials = home / ".mlflow" / "credentials"
+    credentials.write_text(
+        f"[mlflow]\nmlflow_tracking_username = {username}\nmlflow_tracking_password = {password}\n"
+    )
+    credentials.chmod(0o600)
+    return home
 
 
 @dataclass
@@ -153,6 +171,8 @@ def start_team_server(cluster: Postgres, folder: Path) -> TeamServer:
         "2",
         "--state-dir",
         str(folder / "state"),
+        "--admin-password-file",
+        str(secret_file(folder, "admin", ADMIN_PASSWORD)),
     ]
     url = f"http://127.0.0.1:{port}"
     process = serve(
@@ -161,7 +181,6 @@ def start_team_server(cluster: Postgres, folder: Path) -> TeamServer:
         f"{url}/health",
         timeout=180,
         PGPASSFILE=str(pgpass_file(cluster, folder)),
-        MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
     )
     return TeamServer(url, process, artifacts)
 
@@ -170,8 +189,7 @@ def add_member(
     server: TeamServer, folder: Path, username: str, password: str, permission: str = "EDIT"
 ) -> subprocess.CompletedProcess[str]:
     """The README's command, run by the admin: `python -m mlpipe.team add-member`."""
-    secret = folder / f"{username}.password"
-    secret.write_text(password + "\n")
+    secret = secret_file(folder, username, password)
     return subprocess.run(
         [
             sys.executable,

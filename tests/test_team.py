@@ -44,6 +44,7 @@ from tests.services import (
     TeamServer,
     add_member,
     create_team_databases,
+    credentials_home,
     start_postgres,
     start_team_server,
 )
@@ -165,7 +166,9 @@ def test_reader_cannot_log_or_promote(server: TeamServer, tmp_path: Path) -> Non
     failed stage leaves no output and no run behind."""
     client = admin_client(server)
     workspace = quick_workspace(tmp_path / "ws")
-    member = login(MEMBER, MEMBER_PASSWORD, server)
+    # The member logs in through MLflow's credentials file, not the two variables.
+    home = credentials_home(tmp_path, MEMBER, MEMBER_PASSWORD)
+    member = {"MLFLOW_TRACKING_URI": server.url, "HOME": str(home)}
     for stage in ("train", "evaluate"):
         result = run_stage_process(workspace, stage, **member)
         assert result.returncode == 0, result.stderr[-3000:]
