@@ -134,7 +134,9 @@ def connect(experiment_name: str, workspace: Path) -> tuple[MlflowClient, str]:
             if experiment is None:
                 # Explicit: MLflow fixes the location at creation, and a default would follow
                 # the current folder into DVC's temp copies.
-                experiment_id = client.create_experiment(experiment_name, artifact_root(uri))
+                experiment_id = client.create_experiment(
+                    experiment_name, artifact_root(uri, workspace)
+                )
             elif experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
                 experiment_id = experiment.experiment_id

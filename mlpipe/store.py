@@ -88,10 +88,16 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
 
 
-def artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: beside a SQLite file; a server chooses its own."""
+def artifact_root(uri: str, workspace: Path | None = None) -> str | None:
+    """Where a new experiment keeps artifacts: beside a SQLite file; for a database without a
+    server, in the workspace (MLflow's default would follow the current folder into DVC's
+    temp copies); a server chooses its own."""
     path = sqlite_path(uri)
-    return (path.parent / ARTIFACTS_DIR).as_uri() if path is not None else None
+    if path is not None:
+        return (path.parent / ARTIFACTS_DIR).as_uri()
+    if workspace is not None and not uri.startswith(("http://", "https://", "databricks")):
+        return (workspace / ARTIFACTS_DIR).as_uri()
+    return None
 
 
 def shown_uri(uri: str) -> str:

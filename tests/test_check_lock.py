@@ -3,11 +3,12 @@ outputs that a fresh clone does not have yet are fine."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import project_copy
+from tests.conftest import dvc, project_copy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from check_lock import problems
@@ -62,6 +63,11 @@ def test_this_checkout_then_an_edited_stage(tmp_path: Path) -> None:
     repo = project_copy(tmp_path / "clone")
     result = check(repo)
     assert result.returncode == 0, result.stderr
+    # The committed metrics make main the baseline of `dvc exp show`, with nothing pulled.
+    shown = dvc(repo, "exp", "show", "--json")
+    [commit] = [row for row in json.loads(shown.stdout) if row["rev"] != "workspace"]
+    metrics = commit["data"]["metrics"]["reports/metrics.json"]["data"]
+    assert 0.9 < metrics["test_accuracy"] <= 1
     with (repo / "mlpipe/figures.py").open("a") as file:
         file.write("# an edit\n")
     result = check(repo)

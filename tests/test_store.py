@@ -108,6 +108,10 @@ def test_relative_sqlite_uri_resolves_against_the_workspace_not_dvcs_copy(
     uri = store.tracking_uri(copy.workspace)
     assert uri == f"sqlite:///{workspace}/stores/team.db?timeout=20"
     assert store.artifact_root(uri) == (workspace / "stores/mlartifacts").as_uri()
+    # A database without a server keeps artifacts in the workspace, not in DVC's copy.
+    database = "postgresql://mlflow@db/mlflow"
+    assert store.artifact_root(database, copy.workspace) == (workspace / "mlartifacts").as_uri()
+    assert store.artifact_root("http://mlflow:5000", copy.workspace) is None
     # Absolute URIs and servers are left as they are.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/mlflow.db")
     assert store.tracking_uri(workspace) == "sqlite:////srv/mlflow.db"

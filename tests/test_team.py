@@ -357,6 +357,29 @@ def test_queue_of_two_loses_nothing_on_the_server(
     assert float(champion.tags["test_accuracy"]) == best
 
 
+def test_database_uri_without_a_server(
+    cluster: Postgres, server: TeamServer, tmp_path: Path
+) -> None:
+    """One person's PostgreSQL store, no server: `MLFLOW_TRACKING_URI=postgresql://...` works,
+    its artifacts go to the workspace's mlartifacts/, and its password is never shown."""
+    from mlflow import MlflowClient
+
+    made = cluster.as_owner([str(cluster.binaries / "createdb"), "-O", "mlflow", "direct"])
+    assert made.returncode == 0, made.stderr
+    uri = f"postgresql://mlflow:{DB_PASSWORD}@127.0.0.1:{cluster.port}/direct"
+    workspace = quick_workspace(tmp_path / "ws")
+    for stage in ("train", "evaluate"):
+        result = run_stage_process(workspace, stage, MLFLOW_TRACKING_URI=uri)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert DB_PASSWORD not in result.stdout + result.stderr
+    record = json.loads((workspace / "models/run.json").read_text())
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((workspace / "mlartifacts").as_uri())
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+
+
 @pytest.mark.reliability
 def test_database_stopped_under_the_server(
     cluster: Postgres, server: TeamServer, tmp_path: Path
