@@ -100,7 +100,9 @@ def load_keras_model(path: Path) -> keras.Model:
     """
     _require_regular_file(path)
     _read_directory(path)
-    import keras
+    from mlpipe.backend import import_keras
+
+    keras = import_keras()
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)

@@ -70,8 +70,11 @@ def configure_logging() -> None:
         # one line (and its background metric writer another); MLPIPE_DEBUG=1 shows them.
         for name in QUIETED_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    # Keep TensorFlow's C++ start-up chatter out of the stage logs.
+    # Keep TensorFlow's C++ start-up chatter out of the stage logs (mlpipe.backend drops the
+    # lines that this setting cannot reach).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # MLflow prints run links to standard output; the log's run line carries the link instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def execute(name: str, main: Callable[[], None]) -> int:

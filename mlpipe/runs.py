@@ -23,6 +23,7 @@ from mlpipe.store import (
     artifact_root,
     check_reachable,
     prepare,
+    shown_uri,
     store_label,
     store_lock,
     tracking_failure,
@@ -244,7 +245,18 @@ def tracked_run(
                 first_line(exc),
             )
         else:
-            log.info("MLflow run %s ended %s", run.info.run_id, status)
+            log.info(
+                "MLflow run %s ended %s%s", run.info.run_id, status, _link(run, client.tracking_uri)
+            )
+
+
+def _link(run, uri: str) -> str:
+    """Where a tracking server shows the run (MLflow prints its own links to standard output,
+    outside the log; MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT turns those off)."""
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    experiment = run.info.experiment_id
+    return f": {shown_uri(uri).rstrip('/')}/#/experiments/{experiment}/runs/{run.info.run_id}"
 
 
 @contextmanager

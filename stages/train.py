@@ -45,9 +45,11 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
 
     # TensorFlow (through Keras) is imported here, once params, data and the tracking store are
     # known to be good: a bad input fails in a second, not after TensorFlow's start-up.
-    import keras
     import pandas as pd
 
+    from mlpipe.backend import import_keras
+
+    keras = import_keras()
     from mlpipe import models, registration
 
     keras.utils.set_random_seed(params.base.seed)

@@ -1,0 +1,71 @@
+"""TensorFlow's C++ start-up notices stay out of what a user reads; real errors do not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlpipe.backend import native_notices_left_out, without_notices
+from tests.conftest import QUICK, REPO, run_stage_process, stage_env
+from tests.fakes import set_params, write_processed
+
+NOTICES = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796010466.633462   23561 port.cc:153] oneDNN custom operations are on. "
+    "You may see slightly different numerical results.\n"
+    "I0000 00:00:1796010466.633762   23561 cudart_stub.cc:31] Could not find cuda drivers on "
+    "your machine, GPU will not be used.\n"
+    "E0000 00:00:1796010466.633762   23561 cuda_executor.cc:1228] failed call to cuInit: "
+    "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n"
+)
+REAL = (
+    "E0000 00:00:1796010466.700000   23561 op_kernel.cc:1857] OP_REQUIRES failed: out of memory\n"
+)
+SHOWN_BY_TENSORFLOW = ("absl::InitializeLog", "oneDNN custom operations", "cuda drivers")
+
+
+def test_notices_go_and_every_other_line_stays() -> None:
+    assert without_notices(NOTICES) == ""
+    assert without_notices(NOTICES + REAL + "plain text\n") == REAL + "plain text\n"
+
+
+def test_native_output_is_written_back_without_the_notices(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with native_notices_left_out():
+        os.write(2, (NOTICES + REAL).encode())
+        print("a Python warning", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert REAL in err and "a Python warning" in err
+    assert not [marker for marker in SHOWN_BY_TENSORFLOW if marker in err]
+
+
+def test_import_keras_prints_no_notice() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from mlpipe.backend import import_keras; print(import_keras())"],
+        cwd=REPO,
+        env={**stage_env(), "TF_CPP_MIN_LOG_LEVEL": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "module 'keras'" in result.stdout
+    assert not [marker for marker in SHOWN_BY_TENSORFLOW if marker in result.stderr]
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_print_no_notice(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_processed(workspace)
+    set_params(workspace, **QUICK)
+    for stage in ("train", "evaluate"):
+        result = run_stage_process(workspace, stage)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not [marker for marker in SHOWN_BY_TENSORFLOW if marker in result.stderr]
