@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAG_HOST = "mlpipe.host"
-TAG_PID = "mlpipe.pid"
-TAG_PID_STARTED = "mlpipe.pid_started"
+# Bookkeeping a user need not see: the MLflow UI hides tags under `mlflow.`.
+TAG_PID = "mlflow.mlpipe.pid"
+TAG_PID_STARTED = "mlflow.mlpipe.pid_started"
 
 
 def _process_started(pid: int) -> float | None:
@@ -52,8 +53,9 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     for run in runs:
         tags = run.data.tags
         try:
-            pid = int(tags.get(TAG_PID, ""))
-            started = float(tags.get(TAG_PID_STARTED, "0"))
+            # Runs started by versions before the tags moved out of sight keep the old keys.
+            pid = int(tags.get(TAG_PID) or tags.get("mlpipe.pid", ""))
+            started = float(tags.get(TAG_PID_STARTED) or tags.get("mlpipe.pid_started", "0"))
         except ValueError:
             continue
         alive_since = _process_started(pid)

@@ -33,8 +33,12 @@ from mlpipe.store import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput
 
 log = logging.getLogger(__name__)
+
+# The MLflow UI opens a "model training" experiment on its runs table (a GenAI one on traces).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 @dataclass
@@ -101,6 +105,16 @@ class Tracker:
         with self.timed():
             self.client.log_artifacts(self.run_id, str(folder), under)
 
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        with self.timed():
+            self.client.log_inputs(self.run_id, datasets=datasets)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        with self.timed():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
     def log_text(self, text: str, name: str) -> None:
         with self.timed():
             self.client.log_text(self.run_id, text, name)
@@ -136,13 +150,15 @@ def connect(experiment_name: str, workspace: Path) -> tuple[MlflowClient, str]:
                 # Explicit: MLflow fixes the location at creation, and a default would follow
                 # the current folder into DVC's temp copies.
                 experiment_id = client.create_experiment(
-                    experiment_name, artifact_root(uri, workspace)
+                    experiment_name, artifact_root(uri, workspace), tags=EXPERIMENT_TAGS
                 )
-            elif experiment.lifecycle_stage == "deleted":
-                client.restore_experiment(experiment.experiment_id)
-                experiment_id = experiment.experiment_id
             else:
                 experiment_id = experiment.experiment_id
+                if experiment.lifecycle_stage == "deleted":
+                    client.restore_experiment(experiment_id)
+                for key, value in EXPERIMENT_TAGS.items():
+                    if experiment.tags.get(key) != value:
+                        client.set_experiment_tag(experiment_id, key, value)
         close_orphaned_runs(client, experiment_id)
     except (MlflowException, SQLAlchemyError) as exc:
         raise TrackingError(tracking_failure(exc, uri)) from exc

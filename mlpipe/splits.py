@@ -5,12 +5,19 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlpipe.datasets import DatasetSpec, sha256_file
+from mlpipe.datasets import DatasetSpec, file_digest, sha256_file
 from mlpipe.errors import DataError
 from mlpipe.paths import Layout
+
+if TYPE_CHECKING:
+    from mlflow.entities import DatasetInput
+
+# MLflow's names for what a dataset was used for (its UI shows them beside the dataset).
+CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
 def load_split(layout: Layout, split: str, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +41,25 @@ def load_split(layout: Layout, split: str, spec: DatasetSpec) -> tuple[np.ndarra
     if len(y) and (y.min() < 0 or y.max() >= spec.num_classes):
         raise DataError(f"{path}: labels outside 0..{spec.num_classes - 1}")
     return x, y
+
+
+def dataset_input(layout: Layout, split: str, rows: int, spec: DatasetSpec) -> DatasetInput:
+    """A split as an MLflow dataset input, so the runs table says what a run was trained on:
+    its digest is DVC's hash of the file (md5), its source the file in the workspace."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    path = layout.split_file(split)
+    source = path.relative_to(layout.root).as_posix()
+    dataset = Dataset(
+        name=f"{spec.name}-{split}",
+        digest=file_digest(path, "md5"),
+        source_type="local",
+        source=json.dumps({"uri": source}),
+        profile=json.dumps({"num_rows": rows}),
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", CONTEXTS[split])])
 
 
 def data_digest(paths: list[Path]) -> str:

@@ -22,7 +22,7 @@ from mlpipe.evaluation import check_model_outputs, evaluate
 from mlpipe.paths import HERE, Layout
 from mlpipe.run_record import RunRecord
 from mlpipe.runner import run_stage
-from mlpipe.splits import load_split
+from mlpipe.splits import dataset_input, load_split
 
 log = logging.getLogger("evaluate")
 
@@ -75,6 +75,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         report.confusion.to_csv(confusion_temp, index=False)
         report.predictions.to_csv(predictions_temp, index=False)
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "test_samples"})
+        tracker.log_inputs([dataset_input(layout, "test", len(y_test), spec)])
         for table, path in ((report.per_class, outputs[1]), (report.confusion, outputs[2])):
             tracker.log_text(table.to_csv(index=False), f"evaluation/{path.name}")
         # Last: a stage that failed before here (a full disk, the store away) moved no alias.

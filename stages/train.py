@@ -22,7 +22,7 @@ from mlpipe.run_record import RunRecord
 from mlpipe.runner import run_stage
 from mlpipe.runs import connect, run_tags, tracked_run
 from mlpipe.sizing import check_fits_in_memory
-from mlpipe.splits import data_digest, load_split
+from mlpipe.splits import data_digest, dataset_input, load_split
 
 log = logging.getLogger("train")
 
@@ -64,8 +64,15 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         atomic_paths(*outputs) as (model_temp, history_temp, record_temp),
     ):
         log.info("MLflow run %s in experiment %r", tracker.run_id, params.mlflow.experiment_name)
-        tracker.log_params(flatten(params, STAGE_PARAMS["train"]))
-        tracker.log_metrics({"trainable_params": models.trainable_parameters(model)})
+        # Sizes and timings are params and tags: the metrics are what the model scored.
+        size = {"model.trainable_params": models.trainable_parameters(model)}
+        tracker.log_params({**flatten(params, STAGE_PARAMS["train"]), **size})
+        tracker.log_inputs(
+            [
+                dataset_input(layout, "train", len(y_train), spec),
+                dataset_input(layout, "val", len(y_val), spec),
+            ]
+        )
         tracker.log_text(summary, "model_summary.txt")
 
         data = (x_train, y_train, x_val, y_val)
@@ -106,8 +113,11 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
             tracker.seconds,
             100 * tracker.seconds / max(result.fit_seconds, 1e-9),
         )
-        tracker.log_metrics(
-            {"fit_seconds": result.fit_seconds, "tracking_seconds": tracker.seconds}
+        tracker.set_tags(
+            {
+                "mlpipe.fit_seconds": f"{result.fit_seconds:.2f}",
+                "mlpipe.tracking_seconds": f"{tracker.seconds:.2f}",
+            }
         )
     log.info(
         "registered %s version %d; model in %s", record.registered_model_name, version, outputs[0]

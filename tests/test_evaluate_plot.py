@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -54,6 +55,10 @@ def test_evaluate_writes_metrics_and_logs_to_the_training_run(evaluated: Path) -
     client = client_for(evaluated)
     run = client.get_run(info["run_id"])
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    [test_input] = [i for i in run.inputs.dataset_inputs if i.dataset.name == "mnist-test"]
+    test_file = (evaluated / "data/processed/test.npz").read_bytes()
+    assert test_input.dataset.digest == hashlib.md5(test_file).hexdigest()
+    assert [(t.key, t.value) for t in test_input.tags] == [("mlflow.data.context", "testing")]
     artifacts = {a.path for a in client.list_artifacts(info["run_id"], "evaluation")}
     assert artifacts == {"evaluation/per_class.csv", "evaluation/confusion.csv"}
     version = client.get_model_version_by_alias(info["registered_model_name"], "champion")
