@@ -55,11 +55,22 @@ def load_model(layout: Layout, source: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from mlpipe.store import prepare, readable, store_label, tracking_uri, use_store
+    from mlpipe.server_access import refusal
+    from mlpipe.store import (
+        check_reachable,
+        prepare,
+        readable,
+        store_label,
+        tracking_uri,
+        use_store,
+    )
 
     uri = tracking_uri(layout.workspace)
     if source.startswith(("models:", "runs:")):
         try:
+            # A server that is away or refuses the login is said so, before the download.
+            if uri.startswith(("http://", "https://")):
+                check_reachable(uri)
             # Reading only: a store that does not exist is not created, a read-only one is read.
             prepare(uri, write=False)
         except TrackingError as exc:
@@ -71,6 +82,9 @@ def load_model(layout: Layout, source: str):
                 mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch)
             )
         except MlflowException as exc:
+            refused = refusal(exc, uri)
+            if refused:
+                raise ModelError(f"model {source}: {refused}") from exc
             raise ModelError(
                 f"model {source} not found in {store_label(uri)} ({first_line(exc)})"
             ) from exc

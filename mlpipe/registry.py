@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlpipe.errors import TrackingError, first_line
+from mlpipe.errors import TrackingError
 from mlpipe.store import store_lock, tracking_failure
 
 if TYPE_CHECKING:
@@ -104,7 +104,9 @@ def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
         # RESOURCE_DOES_NOT_EXIST. Anything else (the store failing) must not read as "none".
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise TrackingError(f"{name}: cannot read alias {CHAMPION} ({first_line(exc)})") from exc
+        raise TrackingError(
+            f"{name}: cannot read alias {CHAMPION}: {tracking_failure(exc, client.tracking_uri)}"
+        ) from exc
 
 
 def _accuracy(version: ModelVersion) -> float:

@@ -56,12 +56,14 @@ class Tracker:
     def timed(self) -> Iterator[None]:
         """Count the time of the MLflow calls inside; turn their failures into one line."""
         from mlflow.exceptions import MlflowException
+        from requests import RequestException
         from sqlalchemy.exc import SQLAlchemyError
 
         start = time.perf_counter()
         try:
             yield
-        except (MlflowException, SQLAlchemyError) as exc:
+        # RequestException: an artifact upload refused or cut off by a server.
+        except (MlflowException, SQLAlchemyError, RequestException) as exc:
             raise TrackingError(tracking_failure(exc, self.client.tracking_uri)) from exc
         finally:
             self.seconds += time.perf_counter() - start
@@ -229,13 +231,14 @@ def tracked_run(
     """
     import mlflow
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     use_store(client.tracking_uri)
     with store_lock(client.tracking_uri):
         try:
             name = run_name(client, experiment_id, tags.get("mlflow.source.git.commit"))
             run = client.create_run(experiment_id, tags=dict(tags), run_name=name)
-        except MlflowException as exc:
+        except (MlflowException, SQLAlchemyError) as exc:
             raise TrackingError(tracking_failure(exc, client.tracking_uri)) from exc
     tracker = Tracker(client, run.info.run_id, experiment_id)
     mlflow.start_run(run_id=run.info.run_id)
@@ -283,6 +286,8 @@ def attached_run(client: MlflowClient, run_id: str) -> Iterator[Tracker]:
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(tracking_failure(exc, client.tracking_uri)) from exc
         raise TrackingError(
             f"MLflow run {run_id} (from models/run.json) is not in "
             f"{store_label(client.tracking_uri)}; run the train stage again"

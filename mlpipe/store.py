@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote
 
 from mlpipe.atomic import remove_stale_temps, temp_sibling
 from mlpipe.errors import TrackingError, first_line, redact
+from mlpipe.server_access import check_login, refusal
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,9 @@ def _bound_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast, in one line, when the server or database behind `uri` cannot be used."""
+def check_reachable(uri: str, setting: str = "MLFLOW_TRACKING_URI") -> None:
+    """Fail fast, in one line, when the server or database behind `uri` (from `setting`)
+    cannot be used."""
     from urllib.parse import urlparse
 
     scheme = urlparse(uri).scheme
@@ -170,7 +172,7 @@ def check_reachable(uri: str) -> None:
         _bound_http_retries()
         _check_server(uri)
     elif scheme not in ("sqlite", "databricks"):
-        _check_database(uri)
+        _check_database(uri, setting)
 
 
 def _check_server(uri: str) -> None:
@@ -188,56 +190,10 @@ def _check_server(uri: str) -> None:
             f"MLflow tracking server {shown_uri(uri)} (MLFLOW_TRACKING_URI) is not reachable "
             f"({reason}); start it, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
         ) from exc
-    _check_login(uri)
+    check_login(uri)
 
 
-def _check_login(uri: str) -> None:
-    """Raise TrackingError at once if a server that asks for a login refuses ours.
-
-    The credentials are MLflow's own (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD,
-    or ~/.mlflow/credentials), sent as MLflow sends them.
-    """
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    endpoint = "/api/2.0/mlflow/experiments/search"
-    reply = http_request(
-        get_default_host_creds(uri),
-        endpoint,
-        "GET",
-        params={"max_results": 1},
-        max_retries=0,
-        timeout=SERVER_CHECK_TIMEOUT_S,
-        raise_on_status=False,
-    )
-    if reply.status_code == 401:
-        raise TrackingError(access_refused(uri, 401, endpoint))
-
-
-def access_refused(uri: str, status: int, endpoint: str) -> str:
-    """What a 401 or 403 from a tracking server means, and what to set or ask for."""
-    from mlflow.utils.credentials import get_default_host_creds
-
-    user = get_default_host_creds(uri).username
-    server = f"MLflow tracking server {shown_uri(uri)}"
-    if status == 401 and not user:
-        return (
-            f"{server} asks for a login: set MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD (or write them to ~/.mlflow/credentials)"
-        )
-    if status == 401:
-        return (
-            f"{server} refused the login of user {user!r} (wrong password or unknown user): "
-            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-        )
-    action = endpoint.rsplit("/mlflow/", 1)[-1]
-    return (
-        f"{server}: user {user!r} may not do {action} here (HTTP 403, permission denied); "
-        f"ask the server's admin to run: python -m mlpipe.team add-member {user}"
-    )
-
-
-def _check_database(uri: str) -> None:
+def _check_database(uri: str, setting: str) -> None:
     """Reach a database store (PostgreSQL, MySQL) within seconds, or say why not in one line.
 
     MLflow itself retries a refused connection for about two minutes before it gives up.
@@ -259,9 +215,10 @@ def _check_database(uri: str) -> None:
             pass
     except Exception as exc:
         reason = _without_credentials(first_line(getattr(exc, "orig", None) or exc), uri)
+        hint = " (a password belongs in ~/.pgpass)" if "no password supplied" in reason else ""
         raise TrackingError(
             f"MLflow store {shown_uri(uri)} is not reachable ({reason}); "
-            "start the database or check MLFLOW_TRACKING_URI"
+            f"start the database or check {setting}{hint}"
         ) from exc
     finally:
         engine.dispose()
@@ -464,9 +421,9 @@ def describe_sqlite_error(exc: BaseException) -> str:
 def tracking_failure(exc: BaseException, uri: str) -> str:
     """The one line for an MLflow call on `uri` that failed: a refused login or permission
     says what to set or ask for; anything else names the store and the reason."""
-    refused = re.search(r"endpoint (\S+) failed with error code (401|403)\b", str(exc))
+    refused = refusal(exc, uri)
     if refused:
-        return access_refused(uri, int(refused.group(2)), refused.group(1))
+        return refused
     failing = re.search(r"too many (5\d\d) error responses", str(exc))
     if failing:
         return (

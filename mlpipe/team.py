@@ -26,12 +26,19 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mlpipe.atomic import atomic_path
 from mlpipe.config import DATASETS, load_params, registered_model_name
-from mlpipe.errors import ConfigError, TrackingError, first_line
+from mlpipe.errors import ConfigError, TrackingError
 from mlpipe.paths import HERE
 from mlpipe.runner import execute
-from mlpipe.store import check_reachable, shown_uri
+from mlpipe.runs import EXPERIMENT_TAGS
+from mlpipe.store import check_reachable, shown_uri, tracking_failure
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.server.auth.client import AuthServiceClient
 
 log = logging.getLogger("team")
 
@@ -42,9 +49,11 @@ PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
 # What a user gets on what they did not create: they can read it and build on it (compare runs,
 # load a model), never change or delete it.
 DEFAULT_PERMISSION = "READ"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command and its options; argparse prints usage and exits 2 on a bad one."""
     parser = argparse.ArgumentParser(
         prog="python -m mlpipe.team", description="Run and administer the team's MLflow server."
     )
@@ -124,14 +133,25 @@ def read_secret(
 
 
 def auth_config(default_permission: str, database_uri: str, admin_username: str) -> str:
-    """The basic-auth app's configuration; it holds no secret (the admin's is in the env)."""
+    """The basic-auth app's configuration; it holds no secret (the admin's is in the env).
+
+    MLflow reads it with configparser, which takes `%` for interpolation: it is doubled.
+    """
     return (
         "[mlflow]\n"
         f"default_permission = {default_permission}\n"
-        f"database_uri = {database_uri}\n"
+        f"database_uri = {database_uri.replace('%', '%%')}\n"
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` whole or not at all, readable by this user only."""
+    with atomic_path(path) as temp:
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
 
 
 def _secret_key(state_dir: Path) -> str:
@@ -140,11 +160,11 @@ def _secret_key(state_dir: Path) -> str:
     import secrets
 
     path = state_dir / "flask-secret-key"
-    if not path.exists():
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(secrets.token_hex(32))
-    return path.read_text(encoding="utf-8").strip()
+    key = path.read_text(encoding="utf-8").strip() if path.exists() else ""
+    if not key:
+        key = secrets.token_hex(32)
+        write_private(path, key)
+    return key
 
 
 def sibling_database(uri: str, name: str) -> str:
@@ -155,24 +175,44 @@ def sibling_database(uri: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def check_database_uri(uri: str, option: str) -> None:
+    """A database server's URI with no password in it (it would show in `ps` and the auth
+    configuration): libpq reads the password from ~/.pgpass."""
+    from urllib.parse import urlsplit
+
+    if not uri.startswith(("postgresql", "mysql")):
+        raise ConfigError(
+            f"{option} {shown_uri(uri)}: the team's server needs a database server "
+            "(postgresql://...); SQLite is for one person's workspace"
+        )
+    if urlsplit(uri).password or "password=" in uri:
+        raise ConfigError(
+            f"{option} {shown_uri(uri)}: holds a password, which would show in the process "
+            "list; put it in ~/.pgpass (host:port:database:user:password) instead"
+        )
+
+
 def serve(args: argparse.Namespace) -> None:
     """Check both databases answer, write the auth configuration, then become the server."""
     password = read_secret(
         args.admin_password_file, "admin password", ADMIN_PASSWORD_ENV, "--admin-password-file"
     )
+    if args.host not in LOOPBACK and not args.allowed_hosts:
+        raise ConfigError(
+            f"--host {args.host}: passwords would cross the network in clear; keep the server "
+            "on 127.0.0.1 behind a TLS proxy, or name the hosts it serves with --allowed-hosts"
+        )
     auth_uri = args.auth_database_uri or sibling_database(args.backend_store_uri, "mlflow_auth")
-    for uri in (args.backend_store_uri, auth_uri):
-        if not uri.startswith(("postgresql", "mysql")):
-            raise ConfigError(
-                f"{shown_uri(uri)}: the team's server needs a database server "
-                "(postgresql://...); SQLite is for one person's workspace"
-            )
-        check_reachable(uri)
+    for uri, option in (
+        (args.backend_store_uri, "--backend-store-uri"),
+        (auth_uri, "--auth-database-uri"),
+    ):
+        check_database_uri(uri, option)
+        check_reachable(uri, option)
     args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    args.state_dir.chmod(0o700)
     config = args.state_dir / "basic_auth.ini"
-    config.write_text(
-        auth_config(DEFAULT_PERMISSION, auth_uri, args.admin_username), encoding="utf-8"
-    )
+    write_private(config, auth_config(DEFAULT_PERMISSION, auth_uri, args.admin_username))
     if "://" not in args.artifacts_destination:
         Path(args.artifacts_destination).mkdir(parents=True, exist_ok=True)
     command = [
@@ -214,12 +254,12 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def add_member(args: argparse.Namespace) -> None:
-    """Create the user and grant them `--permission` on what the pipeline writes to."""
+    """Create the user (or, given --password-file, set an existing user's password) and grant
+    them `--permission` on what the pipeline writes to."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
         raise ConfigError("set MLFLOW_TRACKING_URI to the team's server (http://host:port)")
     params = load_params(args.params)
-    password = _member_password(args)
     check_reachable(uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -234,19 +274,25 @@ def add_member(args: argparse.Namespace) -> None:
     experiment = params.mlflow.experiment_name
     models = [registered_model_name(params.mlflow.registered_model_name, d) for d in DATASETS]
     try:
-        try:
-            auth.create_user(args.username, password)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            log.info("user %s exists already: password unchanged, permissions set", args.username)
+        if not _user_exists(auth, args.username):
+            auth.create_user(args.username, member_password(args))
+        elif args.password_file is not None:
+            auth.update_user_password(args.username, member_password(args))
+            log.info("user %s exists already: password set", args.username)
+        else:
+            log.info("user %s exists already: password unchanged", args.username)
         experiment_id = _experiment_id(client, experiment)
         _grant(auth, args.username, "experiment", experiment_id, args.permission)
         for name in models:
             _ensure_registered_model(client, name)
             _grant(auth, args.username, "registered_model", name, args.permission)
     except MlflowException as exc:
-        raise TrackingError(f"{shown_uri(uri)}: {first_line(exc)}") from exc
+        if "error code 403" in str(exc):
+            raise TrackingError(
+                f"MLflow tracking server {shown_uri(uri)}: only its admin may add members; "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to the admin's"
+            ) from exc
+        raise TrackingError(tracking_failure(exc, uri)) from exc
     log.info(
         "user %s may %s experiment %s and models %s",
         args.username,
@@ -256,7 +302,8 @@ def add_member(args: argparse.Namespace) -> None:
     )
 
 
-def _member_password(args: argparse.Namespace) -> str:
+def member_password(args: argparse.Namespace) -> str:
+    """The new member's password: from --password-file, else asked twice, else standard input."""
     if args.password_file is not None:
         return read_secret(args.password_file, f"{args.username}'s password")
     if sys.stdin.isatty():
@@ -270,7 +317,21 @@ def _member_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _grant(auth, username: str, kind: str, resource: str, permission: str) -> None:
+def _user_exists(auth: AuthServiceClient, username: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        auth.get_user(username)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
+    return True
+
+
+def _grant(
+    auth: AuthServiceClient, username: str, kind: str, resource: str, permission: str
+) -> None:
     """Give `username` exactly `permission` on the resource, replacing what they had."""
     from mlflow.exceptions import MlflowException
 
@@ -283,14 +344,15 @@ def _grant(auth, username: str, kind: str, resource: str, permission: str) -> No
         auth.grant_user_permission(username, kind, resource, permission)
 
 
-def _experiment_id(client, name: str) -> str:
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The team experiment's id, created (as the pipeline would tag it) if need be."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_TAGS)
     return experiment.experiment_id
 
 
-def _ensure_registered_model(client, name: str) -> None:
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:

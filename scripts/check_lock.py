@@ -64,7 +64,8 @@ def main() -> int:
         text=True,
     )
     if result.returncode != 0:
-        print(f"error: dvc status failed: {result.stderr.strip()}", file=sys.stderr)
+        reason = " ".join(result.stderr.split()) or f"exit code {result.returncode}"
+        print(f"error: dvc status failed: {reason}", file=sys.stderr)
         return 1
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
     found = problems(json.loads(result.stdout or "{}"), produced_paths(pipeline))

@@ -208,6 +208,25 @@ def dvc(
     )
 
 
+def run_queue_of_two(repo: Path, **env: str) -> set[str]:
+    """Queue two learning rates, run them with `dvc queue start -j 2`, wait; their names."""
+    import time
+
+    queued = dvc(repo, "exp", "run", "--queue", "-S", "train.learning_rate=0.05,0.2", **env)
+    assert queued.returncode == 0, queued.stderr
+    started = dvc(repo, "queue", "start", "-j", "2", **env)
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    dvc(repo, "queue", "stop")
+    assert status.count("Success") == 2, status
+    return {line.split()[1] for line in status.splitlines() if "Success" in line}
+
+
 # A training run small enough for a test: two epochs of a 16-unit network on tiny data.
 QUICK = {"train__epochs": 2, "train__batch_size": 16, "model__hidden_units": [16]}
 

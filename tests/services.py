@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,11 +110,13 @@ def start_postgres() -> Postgres:
     return cluster
 
 
-def create_team_databases(cluster: Postgres) -> subprocess.CompletedProcess[str]:
+def create_team_databases(
+    cluster: Postgres, password: str = DB_PASSWORD
+) -> subprocess.CompletedProcess[str]:
     """The README's command: scripts/team-db.sh as the superuser, the password on stdin (the
     script's text as an argument, since the postgres user may not read the checkout)."""
     script = (REPO / "scripts/team-db.sh").read_text()
-    return cluster.as_owner(["bash", "-c", script, "team-db.sh"], input=DB_PASSWORD + "\n")
+    return cluster.as_owner(["bash", "-c", script, "team-db.sh"], input=password + "\n")
 
 
 def pgpass_file(cluster: Postgres, folder: Path) -> Path:
@@ -150,6 +151,7 @@ class TeamServer:
     url: str
     process: subprocess.Popen
     artifacts: Path
+    state_dir: Path
 
 
 def start_team_server(cluster: Postgres, folder: Path) -> TeamServer:
@@ -182,7 +184,7 @@ def start_team_server(cluster: Postgres, folder: Path) -> TeamServer:
         timeout=180,
         PGPASSFILE=str(pgpass_file(cluster, folder)),
     )
-    return TeamServer(url, process, artifacts)
+    return TeamServer(url, process, artifacts, folder / "state")
 
 
 def add_member(
@@ -213,12 +215,3 @@ def add_member(
         text=True,
         timeout=120,
     )
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{what} not within {timeout:.0f} s")

@@ -8,10 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import dvc, project_copy
+from tests.conftest import REPO, dvc, project_copy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from check_lock import problems
+
+def _load_script():
+    """scripts/check_lock.py is a script, not a package module: load it from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_lock", REPO / "scripts/check_lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+problems = _load_script().problems
 
 PRODUCED = {"data/raw", "models/model.keras"}
 

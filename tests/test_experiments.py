@@ -6,12 +6,11 @@ Real MNIST from the mirror, cut to 5% and two epochs so each experiment takes se
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MIRROR, dvc, needs_mirror, project_copy, run_git
+from tests.conftest import MIRROR, dvc, needs_mirror, project_copy, run_git, run_queue_of_two
 
 pytestmark = [pytest.mark.slow, needs_mirror]
 
@@ -75,19 +74,7 @@ def test_queue_of_two_runs_two_at_a_time_into_one_store(baseline: tuple[Path, st
     the workspace's mlflow.db, not in DVC's temporary copies, which are deleted."""
     repo, commit = baseline
     relative = {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
-    queued = dvc(repo, "exp", "run", "--queue", "-S", "train.learning_rate=0.05,0.2", **relative)
-    assert queued.returncode == 0, queued.stderr
-    started = dvc(repo, "queue", "start", "-j", "2", **relative)
-    assert started.returncode == 0, started.stderr
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(repo, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    dvc(repo, "queue", "stop")
-    assert status.count("Success") == 2, status
-    names = [line.split()[1] for line in status.splitlines() if "Success" in line]
+    names = run_queue_of_two(repo, **relative)
     client, runs = mlflow_runs(repo)
     rows = exp_rows(repo)
     for name in names:

@@ -1,5 +1,6 @@
 """The team set-up, with the real services: PostgreSQL, the team's MLflow server with its login,
-a DVC remote and a shared Git repository. Every command of the README's "Team set-up" runs here.
+a DVC remote and a shared Git repository. The README's "Team set-up" commands run here, with
+files and variables where the README prompts (passwords) or names outside services (Caddy, S3).
 
 The tests share one cluster and one server and run in order; the last one stops PostgreSQL
 under the running server and starts it again.
@@ -31,6 +32,7 @@ from tests.conftest import (
     needs_mirror,
     project_copy,
     run_git,
+    run_queue_of_two,
     run_stage_process,
     serve,
     stage_env,
@@ -112,11 +114,38 @@ def quick_workspace(folder: Path) -> Path:
 
 
 def test_database_script_can_run_again(cluster: Postgres, server: TeamServer) -> None:
-    """scripts/team-db.sh is safe to re-run (it keeps the databases and sets the password)."""
-    again = create_team_databases(cluster)
-    assert again.returncode == 0, again.stderr
-    assert "role mlflow owns databases mlflow and mlflow_auth" in again.stdout
-    assert DB_PASSWORD not in again.stdout + again.stderr
+    """scripts/team-db.sh is safe to re-run: it keeps the databases and sets the password."""
+    import psycopg
+
+    def logs_in(password: str) -> bool:
+        try:
+            with psycopg.connect(
+                host="127.0.0.1",
+                port=cluster.port,
+                user="mlflow",
+                dbname="mlflow",
+                password=password,
+                connect_timeout=5,
+            ):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    try:
+        again = create_team_databases(cluster, "a-new Pass'word")
+        assert again.returncode == 0, again.stderr
+        assert "role mlflow owns databases mlflow and mlflow_auth" in again.stdout
+        assert logs_in("a-new Pass'word") and not logs_in(DB_PASSWORD)
+    finally:
+        assert create_team_databases(cluster).returncode == 0  # the server's password again
+    assert logs_in(DB_PASSWORD)
+    # Its state folder holds no secret, and only its owner may read it.
+    state = server.state_dir
+    assert state.stat().st_mode & 0o077 == 0
+    for path in state.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+        text = path.read_text()
+        assert ADMIN_PASSWORD not in text and DB_PASSWORD not in text
 
 
 def test_only_the_team_gets_in(server: TeamServer) -> None:
@@ -201,6 +230,29 @@ def test_reader_cannot_log_or_promote(server: TeamServer, tmp_path: Path) -> Non
     assert "user 'bob' may not do" in line and "HTTP 403" in line
     assert (workspace / "reports/metrics.json").read_bytes() == metrics
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion.version
+
+
+def test_member_without_model_permission_cannot_promote(server: TeamServer, tmp_path: Path) -> None:
+    """EDIT on the experiment, READ on the registered model: evaluate logs nothing half-way and
+    moves no alias; it fails at promotion with one line."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    added = add_member(server, tmp_path, "carol", "carol-Secret-pw-3")
+    assert added.returncode == 0, added.stderr
+    client = admin_client(server)
+    AuthServiceClient(server.url).revoke_user_permission("carol", "registered_model", MODEL)
+    workspace = quick_workspace(tmp_path / "ws")
+    member = login(MEMBER, MEMBER_PASSWORD, server)
+    for stage in ("train", "evaluate"):
+        assert run_stage_process(workspace, stage, **member).returncode == 0
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+    metrics = (workspace / "reports/metrics.json").read_bytes()
+    result = run_stage_process(workspace, "evaluate", **login("carol", "carol-Secret-pw-3", server))
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "user 'carol' may not do model-versions/set-tag here (HTTP 403" in line, line
+    assert (workspace / "reports/metrics.json").read_bytes() == metrics
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
 
 
 # The daily commands of the README's "Team set-up", between two clones of one Git repository.
@@ -307,6 +359,17 @@ def test_champion_from_the_server_predicts_and_serves(
     assert predicted.returncode == 0, predicted.stderr
     assert READER_PASSWORD not in predicted.stdout + predicted.stderr
     assert len(json.loads(predicted.stdout)) == 1
+    wrong = subprocess.run(
+        [sys.executable, "-m", "mlpipe.predict", "digit.png"],
+        cwd=bob,
+        env=stage_env(**login(READER, "not-it", server)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wrong.returncode == 1
+    [line] = error_lines(wrong.stderr)
+    assert "refused the login of user 'bob'" in line
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -330,19 +393,7 @@ def test_queue_of_two_loses_nothing_on_the_server(
 ) -> None:
     alice = shared["alice"]
     env = {**login(MEMBER, MEMBER_PASSWORD, server), "DATA_MIRROR": str(MIRROR)}
-    queued = dvc(alice, "exp", "run", "--queue", "-S", "train.learning_rate=0.05,0.2", **env)
-    assert queued.returncode == 0, queued.stderr
-    started = dvc(alice, "queue", "start", "-j", "2", **env)
-    assert started.returncode == 0, started.stderr
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(alice, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    dvc(alice, "queue", "stop")
-    assert status.count("Success") == 2, status
-    names = {line.split()[1] for line in status.splitlines() if "Success" in line}
+    names = run_queue_of_two(alice, **env)
     client = admin_client(server)
     runs = {run.info.run_name: run for run in all_runs(client)}
     for name in names:
@@ -376,6 +427,7 @@ def test_database_uri_without_a_server(
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED"
+    assert DB_PASSWORD not in json.dumps({**run.data.params, **run.data.tags})
     assert run.info.artifact_uri.startswith((workspace / "mlartifacts").as_uri())
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
 

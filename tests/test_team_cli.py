@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlpipe import team
+from mlpipe.errors import ConfigError
 from tests.conftest import error_lines
 
 
@@ -28,9 +29,29 @@ def test_serve_needs_an_admin_password(
     ]
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    code, err = run(capsys, "serve", "--admin-password-file", str(empty))
+    state = ["--state-dir", str(tmp_path / "state")]
+    code, err = run(capsys, "serve", "--admin-password-file", str(empty), *state)
     assert code == 2
     assert f"{empty}: empty; its first line must be admin password" in err
+    assert not (tmp_path / "state").exists()
+
+
+def test_serve_keeps_passwords_off_the_network_and_the_process_list(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "s3cret-admin")
+    state = ["--state-dir", str(tmp_path / "state")]
+    code, err = run(capsys, "serve", "--host", "0.0.0.0", *state)
+    assert code == 2
+    assert "--host 0.0.0.0: passwords would cross the network in clear" in err
+    for uri in (
+        "postgresql://mlflow:db-s3cret@127.0.0.1:9/mlflow",
+        "postgresql://mlflow@127.0.0.1:9/mlflow?password=db-s3cret",
+    ):
+        code, err = run(capsys, "serve", "--backend-store-uri", uri, *state)
+        assert code == 2
+        assert "holds a password, which would show in the process list" in err
+        assert "db-s3cret" not in err
     assert not (tmp_path / "state").exists()
 
 
@@ -42,12 +63,13 @@ def test_serve_refuses_sqlite_and_an_unreachable_database(
     code, err = run(capsys, "serve", "--backend-store-uri", "sqlite:///mlflow.db", *state)
     assert code == 2
     assert "the team's server needs a database server (postgresql://...)" in err
-    uri = "postgresql://mlflow:db-s3cret@127.0.0.1:9/mlflow"
+    uri = "postgresql://mlflow@127.0.0.1:9/mlflow"
     code, err = run(capsys, "serve", "--backend-store-uri", uri, *state)
     assert code == 1
     [line] = error_lines(err)
     assert "postgresql://***@127.0.0.1:9/mlflow is not reachable" in line
-    assert "db-s3cret" not in err and "s3cret-admin" not in err
+    assert "check --backend-store-uri" in line
+    assert "s3cret-admin" not in err
 
 
 def test_add_member_needs_the_server_and_a_password(
@@ -57,10 +79,12 @@ def test_add_member_needs_the_server_and_a_password(
     assert code == 2
     assert "set MLFLOW_TRACKING_URI to the team's server (http://host:port)" in err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     code, err = run(capsys, "add-member", "alice")
-    assert code == 2
-    assert "no password given for alice" in err
+    assert code == 1
+    assert "MLflow tracking server http://127.0.0.1:9 (MLFLOW_TRACKING_URI) is not reachable" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    with pytest.raises(ConfigError, match="no password given for alice"):
+        team.member_password(team.parse_args(["add-member", "alice"]))
     code, err = run(capsys, "add-member", "alice", "--permission", "OWNER")
     assert code == 2
     assert "invalid choice: 'OWNER'" in err
@@ -71,6 +95,39 @@ def test_auth_configuration_holds_no_secret() -> None:
     assert "default_permission = READ" in text
     assert "database_uri = postgresql://mlflow@db/mlflow_auth" in text
     assert "password" not in text
+    # configparser would read a URL-encoded `%` as interpolation.
+    assert "database_uri = postgresql://m%%40x@db/auth" in team.auth_config(
+        "READ", "postgresql://m%40x@db/auth", "a"
+    )
     assert team.sibling_database("postgresql://u@h:5432/mlflow?sslmode=require", "mlflow_auth") == (
         "postgresql://u@h:5432/mlflow_auth?sslmode=require"
     )
+
+
+def test_refused_logins_and_permissions_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As MLflow words them (`verify_rest_response`), a 401 or 403 becomes what to do."""
+    from mlflow.exceptions import MlflowException
+
+    from mlpipe.server_access import refusal
+
+    uri = "http://127.0.0.1:5000"
+
+    def rest_error(endpoint: str, code: int) -> MlflowException:
+        return MlflowException(
+            f"API request to endpoint {endpoint} failed with error code {code} != 200. "
+            "Response body: 'Permission denied'"
+        )
+
+    assert refusal(MlflowException("RESOURCE_DOES_NOT_EXIST: no such run"), uri) is None
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.mlflow/credentials either
+    assert "asks for a login: set MLFLOW_TRACKING_USERNAME" in refusal(
+        rest_error("/api/2.0/mlflow/runs/create", 401), uri
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "bob-s3cret")
+    wrong = refusal(rest_error("/api/2.0/mlflow/runs/create", 401), uri)
+    assert "refused the login of user 'bob'" in wrong and "bob-s3cret" not in wrong
+    denied = refusal(rest_error("/api/2.0/mlflow/registered-models/alias", 403), uri)
+    assert "user 'bob' may not do registered-models/alias here (HTTP 403" in denied
+    assert denied.endswith("python -m mlpipe.team add-member bob")
