@@ -7,10 +7,12 @@ stays flat however many files are given; outputs that hold NaN or infinity are r
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,14 +46,16 @@ def default_model_uri(layout: Layout, dataset: str | None) -> tuple[str, str]:
     return f"models:/{registered_model_name(prefix, dataset)}@{CHAMPION}", dataset
 
 
-def load_model(layout: Layout, source: str):
-    """A Keras model from a `.keras` file or an MLflow model URI, loaded in safe mode."""
+def load_model(layout: Layout, source: str) -> tuple[Any, str]:
+    """A Keras model from a `.keras` file or an MLflow model URI, loaded in safe mode, and
+    which one it is: the file, or the registered model's name and version (an alias is
+    resolved to its version first, so the label is the model that answers)."""
     from mlpipe.model_files import load_keras_model
 
     if "://" not in source and not source.startswith(("models:", "runs:")):
         if Path(source).is_dir():
             raise ModelError(f"{source}: is a directory; give a .keras file or an MLflow model URI")
-        return load_keras_model(Path(source))
+        return load_keras_model(Path(source)), source
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -78,8 +82,9 @@ def load_model(layout: Layout, source: str):
     with readable(uri) as reading, tempfile.TemporaryDirectory(prefix="mlpipe-model-") as scratch:
         use_store(reading)
         try:
+            fetched, label = _pinned(source)
             folder = Path(
-                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch)
+                mlflow.artifacts.download_artifacts(artifact_uri=fetched, dst_path=scratch)
             )
         except MlflowException as exc:
             refused = refusal(exc, uri)
@@ -95,11 +100,26 @@ def load_model(layout: Layout, source: str):
         # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
         for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
             if path.is_file():
-                return load_keras_model(path)
+                return load_keras_model(path), label
         raise ModelError(
             f"model {source} holds no Keras model (no artifacts/model.keras); were its files "
             "under mlartifacts/ deleted or moved?"
         )
+
+
+def _pinned(source: str) -> tuple[str, str]:
+    """`models:/NAME@ALIAS` as the version the alias names now, and a label for it; other
+    URIs as they are."""
+    found = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", source)
+    if not found:
+        return source, source
+    name, alias, version = found.groups()
+    if alias:
+        from mlflow import MlflowClient
+
+        version = MlflowClient().get_model_version_by_alias(name, alias).version
+        return f"models:/{name}/{version}", f"{name} version {version} ({alias})"
+    return source, f"{name} version {version}"
 
 
 def _chunks(paths: list[Path]) -> Iterator[list[Path]]:

@@ -117,6 +117,7 @@ def test_cli_with_a_keras_file_text_and_json(trained: Path, images: Path) -> Non
         str(images / "dark.jpg"),
     ]
     assert all(line.count("%") == 3 for line in lines)
+    assert f"model: {model}" in text.stderr  # which model answered
     machine = predict(trained, str(images / "one.png"), "--model", model, "--json", "--top", "2")
     assert machine.returncode == 0, machine.stderr[-2000:]
     rows = json.loads(machine.stdout)
@@ -126,6 +127,7 @@ def test_cli_with_a_keras_file_text_and_json(trained: Path, images: Path) -> Non
         len(rows[0]["top"]) == 2
         and rows[0]["top"][0]["probability"] >= rows[0]["top"][1]["probability"]
     )
+    assert rows[0]["model"] == model
 
 
 def test_cli_default_is_the_champion(trained: Path, images: Path) -> None:
@@ -136,6 +138,10 @@ def test_cli_default_is_the_champion(trained: Path, images: Path) -> None:
     result = predict(trained, str(images / "one.png"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(str(images / "one.png"))
+    # The alias is resolved to the version that answered.
+    assert "model: keras-tutorial-mnist version 1 (champion)" in result.stderr
+    machine = predict(trained, str(images / "one.png"), "--json")
+    assert json.loads(machine.stdout)[0]["model"] == "keras-tutorial-mnist version 1 (champion)"
 
 
 @pytest.mark.parametrize(

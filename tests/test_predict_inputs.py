@@ -238,7 +238,9 @@ def test_cli_refuses_a_model_that_cannot_answer(
     code = predict.main([str(digits / "seven.png"), "--model", str(models[model])])
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
-    lines = captured.err.strip().splitlines()
+    # TensorFlow warns about retracing after many models predict in one process: a test's
+    # artefact, since a user's predict loads one model per process.
+    lines = [line for line in captured.err.strip().splitlines() if "retracing" not in line]
     assert len(lines) == 1 and message in lines[0] and str(models[model]) in lines[0]
 
 
