@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup setup-dev pipeline test test-fast lint lock check-lock
+.PHONY: setup setup-dev pipeline test test-fast lint lock check-lock ui screenshots
 
 setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
@@ -31,6 +31,16 @@ test: setup-dev
 
 test-fast: setup-dev
 	python -m pytest -m "not slow" --durations=15
+
+# The MLflow UI on the workspace's runs, at the page that lists them (make ui UI_PORT=5001).
+UI_PORT ?= 5000
+ui: setup
+	python -m mlpipe.ui --port $(UI_PORT)
+
+# The README's MLflow UI screenshots, refreshed from this workspace's store in headless
+# Chromium (Debian's chromium and chromium-driver), each page checked first.
+screenshots: setup-dev
+	python scripts/ui_screenshots.py
 
 # Is the committed dvc.lock true to this checkout's code, params and commands? (CI runs it first.)
 check-lock: setup

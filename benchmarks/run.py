@@ -164,19 +164,19 @@ def per_stage(repo: Path, mirror: Path) -> list[dict]:
 
 
 def training_record(repo: Path) -> dict:
-    """What the train stage recorded: fit and tracking seconds (MLflow), epochs, samples."""
+    """What the train stage recorded: fit and tracking seconds (MLflow tags), epochs, samples."""
     import numpy as np
     from mlflow import MlflowClient
 
     run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
     uri = f"sqlite:///{repo / 'mlflow.db'}"
-    metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+    tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
     epochs = len((repo / "reports/history.csv").read_text().strip().splitlines()) - 1
     with np.load(repo / "data/processed/train.npz") as train:
         samples = len(train["y"])
     return {
-        "fit_s": metrics["fit_seconds"],
-        "tracking_s": metrics["tracking_seconds"],
+        "fit_s": float(tags["mlpipe.fit_seconds"]),
+        "tracking_s": float(tags["mlpipe.tracking_seconds"]),
         "epochs": epochs,
         "samples_trained": samples * epochs,
     }

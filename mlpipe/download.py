@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -187,9 +188,27 @@ def _attempt(
     except requests.exceptions.Timeout as exc:
         raise _Retryable(f"timed out ({_reason(exc)})") from exc
     except requests.exceptions.ConnectionError as exc:
+        if _unresolved(exc):  # no DNS for the host (offline, a firewall): retrying will not help
+            raise _Refused(f"cannot resolve {urlsplit(url).hostname}") from exc
         raise _Retryable(f"connection failed ({_reason(exc)})") from exc
     except requests.exceptions.RequestException as exc:
         raise _Refused(_reason(exc)) from exc
+
+
+def _unresolved(exc: BaseException) -> bool:
+    """Whether a connection failed because the host name did not resolve. requests wraps
+    urllib3's MaxRetryError, whose `reason` is the NameResolutionError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            return True
+        wrapped = seen.args[0] if seen.args else None
+        seen = (
+            getattr(seen, "reason", None)
+            or (wrapped if isinstance(wrapped, BaseException) else None)
+            or seen.__cause__
+        )
+    return False
 
 
 def _stop_at(deadline: float) -> Callable[..., None]:
@@ -397,7 +416,8 @@ def _first_verified(
                 _copy_or_download(source, temp, remote, http)
                 how = verify(spec, remote, temp, canonical=source.canonical)
         except _NotThere as exc:
-            problems.append(f"{source.label}: {redact(str(exc))}")
+            # A folder's label names it already; an address says what it answered (404).
+            problems.append(f"{source.label}: {redact(str(exc)) if source.is_url else 'no copy'}")
             continue
         except (DataError, DownloadError) as exc:
             log.warning("%s from %s rejected: %s", remote.name, source.label, redact(str(exc)))
@@ -408,7 +428,8 @@ def _first_verified(
     hint = (
         ""
         if os.environ.get(MIRROR_ENV)
-        else f"; offline? set {MIRROR_ENV} to a folder or URL holding {remote.name}"
+        else f"; offline? set {MIRROR_ENV} to a folder or URL holding {remote.name} "
+        '(README: "Offline: a data mirror")'
     )
     raise DownloadError(f"no source gave a verified {remote.name}: " + "; ".join(problems) + hint)
 

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mlpipe.atomic import atomic_path
 
@@ -98,6 +99,7 @@ def curves(history: pd.DataFrame, metric: str) -> Figure:
         label=f"validation {metric}",
     )
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
     axis.set_ylabel(metric)
     axis.set_title(f"Model {metric}")
     axis.grid(alpha=0.3)

@@ -61,10 +61,14 @@ def log_and_register(keras_file: Path, spec: DatasetSpec, registered_name: str) 
     )
     with tempfile.TemporaryDirectory(prefix="mlpipe-") as scratch, warnings.catch_warnings():
         # The serving example is logged with the run (serving_input_example.json).
-        warnings.filterwarnings("ignore", "An input example was not provided", UserWarning)
+        # (MLflow colours the message: the pattern must not be anchored at its start.)
+        warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
         # The artifact keeps the real file name, not that of a temp sibling.
         named = shutil.copy(keras_file, Path(scratch) / "model.keras")
-        return mlflow.pyfunc.log_model(
+        # MLflow prints its own registration lines ("Created version 3 of model ...") outside
+        # logging; the train stage logs the registered version itself.
+        return _quietly(
+            mlflow.pyfunc.log_model,
             name="model",
             python_model=serving.__file__,
             artifacts={serving.KERAS_ARTIFACT: str(named)},
@@ -72,3 +76,15 @@ def log_and_register(keras_file: Path, spec: DatasetSpec, registered_name: str) 
             registered_model_name=registered_name,
             pip_requirements=pip_requirements(),
         )
+
+
+def _quietly(function, *args, **kwargs):
+    """Call `function` with MLflow's own event stream (its `eprint` lines) switched off."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    was = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        return function(*args, **kwargs)
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was

@@ -24,6 +24,9 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 DEBUG_ENV = "MLPIPE_DEBUG"  # set to 1 to see the full traceback behind a one-line error
 QUIETED_LOGGERS = ("mlflow.store.db.utils", "mlflow.utils.async_logging")
+# Libraries whose INFO lines repeat ours ("Created version 3 of model ...") or narrate their
+# internals (alembic's migrations of a new store): their warnings and errors still show.
+WARNING_ONLY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "urllib3")
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -65,6 +68,11 @@ def configure_logging() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # MLflow's loggers go through this handler, in this format, rather than their own.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    for name in WARNING_ONLY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if os.environ.get(DEBUG_ENV, "") in ("", "0"):
         # MLflow logs a traceback of its own for a store error that the stage then reports in
         # one line (and its background metric writer another); MLPIPE_DEBUG=1 shows them.
@@ -114,6 +122,12 @@ def execute(name: str, main: Callable[[], None]) -> int:
 def _fail(message: str, code: int) -> int:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exc(file=sys.stderr)
+    if code == 2 and os.environ.get("DVC_EXP_NAME"):
+        # `dvc exp run -S` wrote the refused values into the workspace's params.yaml.
+        message += (
+            "; `dvc exp run -S` left these values in params.yaml: "
+            "`git checkout params.yaml` restores the committed ones"
+        )
     print(f"error: {one_line(message)}", file=sys.stderr)
     return code
 

@@ -55,7 +55,12 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     keras.utils.set_random_seed(params.base.seed)
     model = models.build_model(params.model, spec.image_shape, spec.num_classes, params.base.seed)
     summary = models.summary_text(model)
-    log.info("model:\n%s", summary.rstrip())
+    log.info(
+        "model %s: %d layers, %s trainable parameters (its summary: model_summary.txt in MLflow)",
+        model.name,
+        len(model.layers),
+        f"{models.trainable_parameters(model):,}",
+    )
 
     tags = {**registration.backend_tags(), "data.sha256": digest, "base.dataset": spec.name}
     outputs = (layout.model_file, layout.history_file, layout.run_record_file)

@@ -190,3 +190,22 @@ def test_stage_offline_without_mirror_fails_fast_naming_data_mirror(workspace: P
     assert "set DATA_MIRROR" in lines[0]
     assert "Traceback" not in result.stderr
     assert files_under(workspace / "data") == []
+
+
+def test_unresolvable_host_is_not_retried_and_points_to_the_readme(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline as a firewall makes it: no DNS. One attempt, one short line, the README's way out."""
+    import socket
+
+    def no_dns(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    result = run_stage(workspace, "download")
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "cannot resolve storage.googleapis.com" in line
+    assert 'offline? set DATA_MIRROR to a folder or URL holding mnist.npz (README: "Offline' in line
+    assert "retry" not in result.stderr  # a host that does not resolve is not tried again
+    assert files_under(workspace / "data") == []

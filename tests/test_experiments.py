@@ -6,11 +6,12 @@ Real MNIST from the mirror, cut to 5% and two epochs so each experiment takes se
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MIRROR, dvc, needs_mirror, project_copy, run_git, run_queue_of_two
+from tests.conftest import MIRROR, REPO, dvc, needs_mirror, project_copy, run_git, run_queue_of_two
 
 pytestmark = [pytest.mark.slow, needs_mirror]
 
@@ -56,10 +57,17 @@ def mlflow_runs(repo: Path) -> dict[str, object]:
     return client, {run.info.run_name: run for run in runs}
 
 
-def test_named_experiment_is_a_named_mlflow_run(baseline: tuple[Path, str]) -> None:
-    repo, commit = baseline
+@pytest.fixture(scope="module")
+def lr_high(baseline: tuple[Path, str]) -> tuple[Path, str]:
+    """The baseline with one named experiment run on it."""
+    repo, _ = baseline
     result = dvc(repo, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return baseline
+
+
+def test_named_experiment_is_a_named_mlflow_run(lr_high: tuple[Path, str]) -> None:
+    repo, commit = lr_high
     _, runs = mlflow_runs(repo)
     run = runs["lr-high"]
     assert run.info.status == "FINISHED"
@@ -67,6 +75,20 @@ def test_named_experiment_is_a_named_mlflow_run(baseline: tuple[Path, str]) -> N
     assert run.data.tags["dvc.exp_name"] == "lr-high"
     assert run.data.tags["dvc.baseline_rev"] == commit
     assert exp_rows(repo)["lr-high"]["mlflow_run_id"] == run.info.run_id
+
+
+def test_readme_exp_show_fits_80_columns(lr_high: tuple[Path, str]) -> None:
+    """The README's `dvc exp show` line: what an experiment changed and scored, in 80 columns."""
+    repo, _ = lr_high
+    readme = (REPO / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("dvc exp show --only"))
+    args = shlex.split(command)[1:]
+    shown = dvc(repo, *args, COLUMNS="80")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, shown.stdout
+    assert "test_accuracy" in shown.stdout and "learning_rate" in shown.stdout
+    assert "lr-high" in shown.stdout
 
 
 def test_queue_of_two_runs_two_at_a_time_into_one_store(baseline: tuple[Path, str]) -> None:
@@ -95,3 +117,17 @@ def test_queue_of_two_runs_two_at_a_time_into_one_store(baseline: tuple[Path, st
     versions = client.search_model_versions("name = 'keras-tutorial-mnist'")
     best = max(float(version.tags["test_accuracy"]) for version in versions)
     assert float(champion.tags["test_accuracy"]) == best
+
+
+def test_refused_experiment_says_how_to_restore_params(baseline: tuple[Path, str]) -> None:
+    """DVC writes `-S` values into params.yaml before the stages run; a refused combination
+    leaves them there, and the error says how to get the committed ones back."""
+    repo, _ = baseline
+    result = dvc(repo, "exp", "run", "-S", "train.optimizer=adam", "-S", "train.momentum=0.9")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "train.momentum" in output
+    assert "`git checkout params.yaml` restores the committed ones" in output
+    assert "momentum: 0.9" in (repo / "params.yaml").read_text()
+    run_git(repo, "checkout", "params.yaml")
+    assert run_git(repo, "status", "--porcelain", "params.yaml") == ""

@@ -60,6 +60,9 @@ def test_curves_have_labels_and_legend(tmp_path: Path, metric: str) -> None:
     ]
     assert axis.lines[1].get_ydata().tolist() == HISTORY[f"val_{metric}"].tolist()
     assert saved(figure, tmp_path).width >= 400
+    # Epochs are whole: no tick between two of them.
+    ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
 
 
 def test_prediction_grid_titles(tmp_path: Path) -> None:
