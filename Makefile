@@ -10,14 +10,18 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup setup-dev pipeline test test-fast lint lock check-lock ui screenshots
 
-setup: $(VENV)/.runtime
-setup-dev: $(VENV)/.dev
+setup: $(VENV)/.runtime .dvc/plots/offline.html
+setup-dev: setup $(VENV)/.dev
 
 $(VENV)/.runtime: requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	touch $@
+
+# `dvc plots show` without internet: vega inside the page template that .dvc/config names.
+.dvc/plots/offline.html: scripts/offline_plots.py | $(VENV)/.runtime
+	$(BIN)/python scripts/offline_plots.py
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/python -m pip install --quiet -r requirements-dev.lock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import io
 import os
 import shutil
@@ -183,6 +184,11 @@ def project_copy(destination: Path) -> Path:
             target = destination / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+    # What `make setup` adds beside the tracked files: the offline page template for plots.
+    template = REPO / ".dvc" / "plots" / "offline.html"
+    if template.is_file():
+        (destination / ".dvc" / "plots").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(template, destination / ".dvc" / "plots" / "offline.html")
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "init", "-q", "-b", "main"], cwd=destination, check=True)
     subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
@@ -225,6 +231,27 @@ def run_queue_of_two(repo: Path, **env: str) -> set[str]:
     dvc(repo, "queue", "stop")
     assert status.count("Success") == 2, status
     return {line.split()[1] for line in status.splitlines() if "Success" in line}
+
+
+def script_module(name: str):
+    """A file of scripts/ (scripts, not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def headless_browser():
+    """Debian's headless Chromium through scripts/ui_screenshots.py's settings; skipped (failed
+    under CI, whose script installs it) when it is not installed."""
+    script = script_module("ui_screenshots")
+    missing = [p for p in (script.CHROMIUM, script.CHROMEDRIVER) if not shutil.which(p)]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; .ci/run installs them")
+        pytest.skip(reason)
+    return script.browser()
 
 
 # A training run small enough for a test: two epochs of a 16-unit network on tiny data.

@@ -8,20 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, dvc, project_copy
+from tests.conftest import dvc, project_copy, script_module
 
-
-def _load_script():
-    """scripts/check_lock.py is a script, not a package module: load it from its file."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_lock", REPO / "scripts/check_lock.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-problems = _load_script().problems
+problems = script_module("check_lock").problems
 
 PRODUCED = {"data/raw", "models/model.keras"}
 

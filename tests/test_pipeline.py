@@ -6,12 +6,13 @@ One full run of the tutorial (about a minute on two cores) is shared by the test
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import MIRROR, dvc, files_under, needs_mirror, project_copy
+from tests.conftest import MIRROR, dvc, files_under, headless_browser, needs_mirror, project_copy
 
 pytestmark = [pytest.mark.slow, needs_mirror]
 
@@ -120,6 +121,28 @@ def test_plots_show_writes_html(repro: tuple[Path, str]) -> None:
     assert result.returncode == 0, result.stderr
     html = (repo / "plots_html" / "index.html").read_text()
     assert "Accuracy per epoch" in html and "Confusion matrix" in html
+
+
+def test_plots_render_offline(repro: tuple[Path, str]) -> None:
+    """`dvc plots show`'s page draws its three vega charts with the network switched off: the
+    page template (make setup) carries vega itself, and no script comes from elsewhere."""
+    repo, _ = repro
+    result = dvc(repo, "plots", "show", "-o", "offline_plots")
+    assert result.returncode == 0, result.stderr
+    page = repo / "offline_plots" / "index.html"
+    assert "cdn.jsdelivr.net" not in page.read_text(), "run make setup: the template loads a CDN"
+    driver = headless_browser()
+    try:
+        driver.set_network_conditions(offline=True, latency=0, throughput=0)
+        driver.get(page.as_uri())
+        deadline = time.monotonic() + 30
+        drawn = []
+        while time.monotonic() < deadline and len(drawn) < 3:
+            drawn = driver.find_elements("css selector", ".vega-embed svg, .vega-embed canvas")
+            time.sleep(0.5)
+        assert len(drawn) >= 3, "the interactive plots stayed blank offline"
+    finally:
+        driver.quit()
 
 
 def test_second_repro_runs_nothing_then_plot_param_reruns_only_plot(
