@@ -5,7 +5,9 @@ setting applies (`TF_CPP_MIN_LOG_LEVEL` does not reach them): the absl pre-initi
 warning, the oneDNN notice, "Could not find cuda drivers" and a failed `cuInit` on a machine
 without a GPU. The first `import keras` runs with the process's standard error (the file
 descriptor, where native code writes) captured; afterwards every captured line that is not one
-of those notices is written back, so a real error from the import is still seen.
+of those notices is written back, so a real error from the import is still seen. A process
+that aborts inside the import (a native fatal error) loses what was captured: MLPIPE_DEBUG=1
+turns the capture off.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from types import ModuleType
 
 # Start-up notices only: each names the library file that prints it and its fixed wording.
@@ -62,6 +64,7 @@ def native_notices_left_out() -> Iterator[None]:
 def import_keras() -> ModuleType:
     """The `keras` module; its first import in this process leaves the notices out."""
     if "keras" not in sys.modules:
-        with native_notices_left_out():
+        debugging = os.environ.get("MLPIPE_DEBUG", "") not in ("", "0")
+        with nullcontext() if debugging else native_notices_left_out():
             import keras  # noqa: F401
     return sys.modules["keras"]

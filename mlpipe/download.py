@@ -196,18 +196,19 @@ def _attempt(
 
 
 def _unresolved(exc: BaseException) -> bool:
-    """Whether a connection failed because the host name did not resolve. requests wraps
-    urllib3's MaxRetryError, whose `reason` is the NameResolutionError."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, urllib3.exceptions.NameResolutionError | socket.gaierror):
+    """Whether a connection failed because the host name did not resolve (a temporary DNS
+    failure included: offline, it never passes). requests wraps urllib3's MaxRetryError,
+    whose `reason` is the NameResolutionError."""
+    pending: list[object] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.NameResolutionError | socket.gaierror):
             return True
-        wrapped = seen.args[0] if seen.args else None
-        seen = (
-            getattr(seen, "reason", None)
-            or (wrapped if isinstance(wrapped, BaseException) else None)
-            or seen.__cause__
-        )
+        pending += [getattr(current, "reason", None), current.__cause__, *current.args[:1]]
     return False
 
 

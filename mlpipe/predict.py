@@ -83,12 +83,12 @@ def run(args: argparse.Namespace, layout: Layout) -> tuple[list[Prediction], str
     for path in args.images:
         check_image(path)
     source = args.model or default_uri
-    model, label = load_model(layout, source)
+    model, model_label = load_model(layout, source)
     check_output_count(model, spec.num_classes, source, "pick the model's dataset with --dataset")
-    return classify(model, args.images, spec.class_names, args.top, source), label
+    return classify(model, args.images, spec.class_names, args.top, source), model_label
 
 
-def show(results: list[Prediction], model: str, as_json: bool) -> None:
+def show(results: list[Prediction], model_label: str, as_json: bool) -> None:
     """Print the results and which model gave them (on standard error in text, so standard
     output stays one line per file); names are escaped (by JSON itself in --json)."""
     if as_json:
@@ -98,13 +98,13 @@ def show(results: list[Prediction], model: str, as_json: bool) -> None:
                 "label": r.top[0][0],
                 "probability": r.top[0][1],
                 "top": [{"label": label, "probability": p} for label, p in r.top],
-                "model": model,
+                "model": model_label,
             }
             for r in results
         ]
         print(json.dumps(rows, indent=2))
         return
-    print(f"model: {printable(model)}", file=sys.stderr)
+    print(f"model: {printable(model_label)}", file=sys.stderr)
     for r in results:
         shown = ", ".join(f"{label} ({p:.1%})" for label, p in r.top)
         print(f"{printable(r.file)}: {shown}")
@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        results, model = run(args, layout or HERE)
+        results, model_label = run(args, layout or HERE)
     except (PipelineError, ImageInputError) as exc:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             traceback.print_exc(file=sys.stderr)
         # Escaping keeps it one line: a newline in a file name prints as \n.
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-    show(results, model, args.json)
+    show(results, model_label, args.json)
     return 0
 
 

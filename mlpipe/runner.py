@@ -122,14 +122,23 @@ def execute(name: str, main: Callable[[], None]) -> int:
 def _fail(message: str, code: int) -> int:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exc(file=sys.stderr)
-    if code == 2 and os.environ.get("DVC_EXP_NAME"):
-        # `dvc exp run -S` wrote the refused values into the workspace's params.yaml.
+    if code == 2 and _experiment_in_workspace():
+        # `dvc exp run -S` wrote the refused values into the workspace's params.yaml (a queued
+        # or --temp run works on a copy, and leaves the workspace's file alone).
         message += (
-            "; `dvc exp run -S` left these values in params.yaml: "
-            "`git checkout params.yaml` restores the committed ones"
+            "; `dvc exp run -S` left these values in params.yaml: `git diff params.yaml` "
+            "shows them, `git checkout params.yaml` restores the committed file"
         )
     print(f"error: {one_line(message)}", file=sys.stderr)
     return code
+
+
+def _experiment_in_workspace() -> bool:
+    """Whether this stage runs under `dvc exp run` in the user's own workspace."""
+    root = os.environ.get("DVC_ROOT")
+    if not os.environ.get("DVC_EXP_NAME") or not root:
+        return False
+    return os.path.realpath(root) == os.path.realpath(os.getcwd())
 
 
 def run_stage(name: str, main: Callable[[], None]) -> NoReturn:

@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from mlpipe.atomic import json_text, write_text  # noqa: E402
+
 RESULTS = ROOT / "docs" / "experiments.json"
 README = ROOT / "README.md"
 START = "<!-- experiments-table: written by scripts/experiments_table.py -->"
 END = "<!-- experiments-table end -->"
+PREFIX = "table-"  # DVC experiment names, apart from the user's own
+TIMEOUT_S = 3600.0
 # (name, optimizer, learning rate, momentum or None): the tutorial's row first.
 ROWS = (
     ("tutorial", "sgd", 0.01, 0.0),
@@ -35,6 +43,7 @@ ROWS = (
 
 
 def dvc(*args: str, capture: bool = False) -> str:
+    """Run DVC in the repository; its standard output if `capture`."""
     result = subprocess.run(
         [sys.executable, "-m", "dvc", *args],
         cwd=ROOT,
@@ -47,23 +56,32 @@ def dvc(*args: str, capture: bool = False) -> str:
 
 def run_rows() -> list[dict]:
     """Every row through DVC's queue, one at a time (the workspace and its params.yaml stay as
-    they are); their test metrics as `dvc exp show` reports them."""
-    import time
-
+    they are), as experiments named `table-<row>` tracked in a scratch MLflow store (the
+    workspace's champion stays as it is); their test metrics as `dvc exp show` reports them."""
+    if "Queued" in dvc("queue", "status", capture=True):
+        raise RuntimeError("DVC's queue holds experiments already: run or remove them first")
+    scratch = tempfile.mkdtemp(prefix="experiments-table-")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
     for name, optimizer, learning_rate, momentum in ROWS:
         subprocess.run(
-            [sys.executable, "-m", "dvc", "exp", "remove", name], cwd=ROOT, capture_output=True
+            [sys.executable, "-m", "dvc", "exp", "remove", f"{PREFIX}{name}"],
+            cwd=ROOT,
+            capture_output=True,
         )
         dvc(
-            *("exp", "run", "--queue", "-n", name),
+            *("exp", "run", "--queue", "-n", f"{PREFIX}{name}"),
             *("-S", f"train.optimizer={optimizer}", "-S", f"train.learning_rate={learning_rate}"),
             *("-S", f"train.momentum={momentum or 0.0}"),
         )
     dvc("queue", "start", "-j", "1")
+    deadline = time.monotonic() + TIMEOUT_S
     while True:
         status = dvc("queue", "status", capture=True)
         if "Queued" not in status and "Running" not in status:
             break
+        if time.monotonic() > deadline:
+            dvc("queue", "kill", *(f"{PREFIX}{row[0]}" for row in ROWS))
+            raise RuntimeError(f"the sweep took over {TIMEOUT_S / 60:.0f} minutes:\n{status}")
         time.sleep(5)
     found = {}
     for baseline in json.loads(dvc("exp", "show", "--json", capture=True)):
@@ -72,7 +90,7 @@ def run_rows() -> list[dict]:
                 data = revision.get("data") or {}
                 metrics = data.get("metrics", {}).get("reports/metrics.json", {}).get("data")
                 if revision.get("name") and metrics:
-                    found[revision["name"]] = metrics
+                    found[revision["name"].removeprefix(PREFIX)] = metrics
     missing = [row[0] for row in ROWS if row[0] not in found]
     if missing:
         raise RuntimeError(f"experiments {missing} failed: see dvc queue logs NAME\n{status}")
@@ -114,10 +132,11 @@ def table(results: dict) -> str:
 
 
 def rewrite_readme(results: dict, readme: Path = README) -> None:
+    """Replace what lies between the README's table markers, and nothing else."""
     text = readme.read_text(encoding="utf-8")
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{START}\n{table(results)}\n{END}{after}", encoding="utf-8")
+    write_text(readme, f"{before}{START}\n{table(results)}\n{END}{after}")
 
 
 def main() -> int:
@@ -125,11 +144,9 @@ def main() -> int:
     parser.add_argument("--render", action="store_true", help="rewrite the README only")
     args = parser.parse_args()
     if not args.render:
-        import os
-
         machine = f"{os.cpu_count()}-core {platform.machine()} CPU, {platform.system()}"
         rows = run_rows()
-        RESULTS.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        write_text(RESULTS, json_text({"machine": machine, "rows": rows}))
     rewrite_readme(json.loads(RESULTS.read_text()))
     print(f"{README.name}: experiments table rewritten from {RESULTS.relative_to(ROOT)}")
     return 0

@@ -5,9 +5,9 @@
 DVC's interactive plots load vega, vega-lite and vega-embed from a CDN, so offline the page
 stays blank. This fetches the very versions DVC's page asks for from the npm registry (the same
 registry `npm install` uses), checks each package against the integrity hash npm published,
-and writes `.dvc/plots/offline.html` with the three scripts inline: the template that
-`.dvc/config` names (`plots.html_template`). If the registry cannot be reached, it writes a
-template that loads them from the CDN, as DVC does by default, and says so.
+writes `.dvc/plots/offline.html` with the three scripts inline, and only then names it in this
+clone's `.dvc/config.local` (`plots.html_template`), so a clone without it keeps DVC's page.
+If the registry cannot be reached, nothing changes (plots then need internet), and it says so.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / ".dvc" / "plots" / "offline.html"
+TEMPLATE_SETTING = "plots/offline.html"  # relative to .dvc/, as DVC reads it
 REGISTRY = "https://registry.npmjs.org"
 # What dvc-render 1.0 loads (dvc_render/vega.py), with npm's published integrity of each tarball.
 PACKAGES = (
@@ -43,22 +45,6 @@ PACKAGES = (
         "sha512-wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg==",
     ),
 )
-PAGE = """<!DOCTYPE html>
-<html>
-<head>
-    <title>DVC Plot</title>
-    {scripts_here}
-    <style>
-        table {{
-            border-spacing: 15px;
-        }}
-    </style>
-</head>
-<body>
-    {{plot_divs}}
-</body>
-</html>
-"""
 
 
 def fetch(name: str, version: str, member: str, integrity: str) -> str:
@@ -78,26 +64,45 @@ def fetch(name: str, version: str, member: str, integrity: str) -> str:
 
 
 def offline_page() -> str:
+    """DVC's own page, with the three scripts inline where it would put CDN links."""
+    from dvc_render.html import PAGE_HTML
+
     scripts = [fetch(*package) for package in PACKAGES]
     inline = "\n".join(f'<script type="text/javascript">{s}</script>' for s in scripts)
-    return PAGE.format(scripts_here=inline)
+    return PAGE_HTML.replace("{scripts}", inline)
 
 
 def main() -> int:
+    import gzip
+    import zlib
+
     import requests
 
     sys.path.insert(0, str(ROOT))
     from mlpipe.atomic import write_text
 
-    TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
     try:
         page = offline_page()
-    except (requests.RequestException, ValueError, KeyError, tarfile.TarError) as exc:
-        # DVC's own placeholder brings back its CDN scripts: plots still show when online.
-        write_text(TEMPLATE, PAGE.format(scripts_here="{scripts}"))
+    except (
+        requests.RequestException,
+        OSError,
+        EOFError,
+        zlib.error,
+        gzip.BadGzipFile,
+        tarfile.TarError,
+        KeyError,
+        AttributeError,
+        ValueError,
+    ) as exc:
         print(f"warning: vega not fetched ({exc}); dvc plots show will need internet")
         return 0
+    TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
     write_text(TEMPLATE, page)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "config", "--local", "plots.html_template", TEMPLATE_SETTING],
+        cwd=ROOT,
+        check=True,
+    )
     print(f"{TEMPLATE.relative_to(ROOT)}: dvc plots show now works offline")
     return 0
 

@@ -19,8 +19,13 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -53,6 +58,8 @@ def start_ui(workspace: Path, port: int) -> tuple[subprocess.Popen, str]:
     if not found:
         stop(process)
         raise RuntimeError(f"python -m mlpipe.ui did not start: {first.strip()}")
+    # Keep reading what the server says, so that a full pipe never blocks it.
+    threading.Thread(target=process.stderr.read, daemon=True).start()
     deadline = time.monotonic() + PAGE_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -72,7 +79,7 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=20)
 
 
-def browser():
+def browser() -> WebDriver:
     """Headless Chromium through Debian's driver, at a fixed window size for stable pictures."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -120,7 +127,10 @@ def capture(workspace: Path, out: Path) -> dict[str, Path]:
     params = load_params(workspace / "params.yaml")
     client = MlflowClient(tracking_uri=tracking_uri(workspace.resolve()))
     experiment = client.get_experiment_by_name(params.mlflow.experiment_name)
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    # The newest runs: the table draws only the rows that fit on the screen.
+    runs = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=3
+    )
     names = [run.info.run_name for run in runs]
     model = params.registered_model_name
     out.mkdir(parents=True, exist_ok=True)

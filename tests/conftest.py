@@ -184,11 +184,13 @@ def project_copy(destination: Path) -> Path:
             target = destination / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-    # What `make setup` adds beside the tracked files: the offline page template for plots.
-    template = REPO / ".dvc" / "plots" / "offline.html"
-    if template.is_file():
-        (destination / ".dvc" / "plots").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(template, destination / ".dvc" / "plots" / "offline.html")
+    # What `make setup` adds beside the tracked files: the offline page template for plots,
+    # and the clone's own DVC setting that names it.
+    for name in ("plots/offline.html", "config.local"):
+        made = REPO / ".dvc" / name
+        if made.is_file():
+            (destination / ".dvc" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(made, destination / ".dvc" / name)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "init", "-q", "-b", "main"], cwd=destination, check=True)
     subprocess.run([*git, "add", "-A"], cwd=destination, check=True)

@@ -127,7 +127,7 @@ def test_refused_experiment_says_how_to_restore_params(baseline: tuple[Path, str
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "train.momentum" in output
-    assert "`git checkout params.yaml` restores the committed ones" in output
+    assert "`git checkout params.yaml` restores the committed file" in output
     assert "momentum: 0.9" in (repo / "params.yaml").read_text()
     run_git(repo, "checkout", "params.yaml")
     assert run_git(repo, "status", "--porcelain", "params.yaml") == ""

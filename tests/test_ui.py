@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from mlpipe.ui import runs_link
-from tests.conftest import REPO, error_lines, free_port, stage_env, stop
+from tests.conftest import error_lines, free_port, script_module, stage_env
 
 
 def test_link_asks_for_the_training_view() -> None:
@@ -33,39 +33,13 @@ def test_without_a_store_it_says_so_and_creates_none(workspace: Path) -> None:
     assert not (workspace / "mlflow.db").exists()
 
 
-def start_ui(workspace: Path) -> tuple[subprocess.Popen, str]:
-    """`python -m mlpipe.ui` on a free port; return it once its link answers, and the link."""
-    import time
-
-    port = free_port()
-    process = subprocess.Popen(
-        ui_command(port),
-        cwd=workspace,
-        env={**stage_env(), "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    first = process.stderr.readline()
-    assert "open http://127.0.0.1:" in first, first + process.stderr.read()[-2000:]
-    link = first.split("open ", 1)[1].split(" ", 1)[0]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process, link
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    stop(process)
-    pytest.fail("mlflow ui did not answer within 120 s")
-
-
 @pytest.mark.slow
-def test_ui_serves_the_runs_page(trained: Path) -> None:
-    process, link = start_ui(trained)
+def test_ui_starts_on_the_store_and_prints_the_runs_link(trained: Path) -> None:
+    """The UI answers at the printed address (what the page shows: tests/test_browser.py)."""
+    script = script_module("ui_screenshots")
+    process, link = script.start_ui(trained, free_port())
     try:
         assert link.endswith("/#/experiments/1/runs?workflowType=machine_learning")
         assert requests.get(link.split("#")[0], timeout=10).status_code == 200
     finally:
-        stop(process)
+        script.stop(process)
