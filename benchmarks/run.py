@@ -31,6 +31,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "benchmarks"
+sys.path.insert(0, str(REPO))
+from tests.fakes import set_params  # noqa: E402  (params.yaml edited as the tests edit it)
+
 STAGES = ("download", "preprocess", "train", "evaluate", "plot")
 OUTPUT_FOLDERS = ("data/raw", "data/processed", "models", "reports")
 
@@ -83,18 +86,6 @@ def fresh_clone(destination: Path) -> Path:
     """A clone of the repository's committed state, as a user would start from."""
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(destination)], check=True)
     return destination
-
-
-def set_params(repo: Path, **values: object) -> None:
-    """Change params.yaml keys given as section__key=value (comments are not kept)."""
-    import yaml
-
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for key, value in values.items():
-        section, leaf = key.split("__")
-        raw[section][leaf] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def clean(repo: Path) -> None:

@@ -40,10 +40,16 @@ def check_login(uri: str) -> None:
         raise TrackingError(access_refused(uri, 401, endpoint))
 
 
+def refused_status(exc: BaseException) -> tuple[int, str] | None:
+    """The HTTP status (401 or 403) and endpoint of a refused request behind `exc`, if any."""
+    found = _REFUSED.search(str(exc))
+    return (int(found.group(2)), found.group(1)) if found else None
+
+
 def refusal(exc: BaseException, uri: str) -> str | None:
     """The line for a refused login or permission behind `exc`; None if it is not one."""
-    found = _REFUSED.search(str(exc))
-    return access_refused(uri, int(found.group(2)), found.group(1)) if found else None
+    refused = refused_status(exc)
+    return access_refused(uri, *refused) if refused else None
 
 
 def access_refused(uri: str, status: int, endpoint: str) -> str:

@@ -34,6 +34,7 @@ from mlpipe.errors import ConfigError, TrackingError
 from mlpipe.paths import HERE
 from mlpipe.runner import execute
 from mlpipe.runs import EXPERIMENT_TAGS
+from mlpipe.server_access import refused_status
 from mlpipe.store import check_reachable, shown_uri, tracking_failure
 
 if TYPE_CHECKING:
@@ -287,7 +288,8 @@ def add_member(args: argparse.Namespace) -> None:
             _ensure_registered_model(client, name)
             _grant(auth, args.username, "registered_model", name, args.permission)
     except MlflowException as exc:
-        if "error code 403" in str(exc):
+        refused = refused_status(exc)
+        if refused and refused[0] == 403:
             raise TrackingError(
                 f"MLflow tracking server {shown_uri(uri)}: only its admin may add members; "
                 "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to the admin's"

@@ -243,9 +243,8 @@ def script_module(name: str):
     return module
 
 
-def headless_browser():
-    """Debian's headless Chromium through scripts/ui_screenshots.py's settings; skipped (failed
-    under CI, whose script installs it) when it is not installed."""
+def require_chromium() -> None:
+    """Skip (fail under CI, whose script installs them) without Debian's Chromium and driver."""
     script = script_module("ui_screenshots")
     missing = [p for p in (script.CHROMIUM, script.CHROMEDRIVER) if not shutil.which(p)]
     if missing:
@@ -253,23 +252,33 @@ def headless_browser():
         if os.environ.get("CI"):
             pytest.fail(reason + "; .ci/run installs them")
         pytest.skip(reason)
-    return script.browser()
+
+
+def headless_browser():
+    """Debian's headless Chromium through scripts/ui_screenshots.py's settings."""
+    require_chromium()
+    return script_module("ui_screenshots").browser()
 
 
 # A training run small enough for a test: two epochs of a 16-unit network on tiny data.
 QUICK = {"train__epochs": 2, "train__batch_size": 16, "model__hidden_units": [16]}
 
 
+def quick_workspace(folder: Path) -> Path:
+    """A new workspace at `folder` with tiny processed data and QUICK training params."""
+    from tests.fakes import set_params, write_processed
+
+    folder.mkdir()
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    write_processed(folder)
+    set_params(folder, **QUICK)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace where the train stage has run on tiny processed data, once per module."""
-    from tests.fakes import set_params, write_processed
-
-    workspace = tmp_path_factory.mktemp("trained") / "ws"
-    workspace.mkdir()
-    shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
-    write_processed(workspace)
-    set_params(workspace, **QUICK)
+    workspace = quick_workspace(tmp_path_factory.mktemp("trained") / "ws")
     result = run_stage(workspace, "train")
     assert result.returncode == 0, result.stderr[-3000:]
     return workspace

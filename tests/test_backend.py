@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlpipe.backend import native_notices_left_out, without_notices
-from tests.conftest import QUICK, REPO, run_stage_process, stage_env
-from tests.fakes import set_params, write_processed
+from tests.conftest import REPO, quick_workspace, run_stage_process, stage_env
 
 NOTICES = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
@@ -64,11 +63,7 @@ def test_import_keras_prints_no_notice() -> None:
 def test_stages_print_only_log_lines(tmp_path: Path) -> None:
     """Train (twice: the second registers a new version of an existing model) and evaluate
     print one line per event, all in the log's format: no TensorFlow notice, no MLflow print."""
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    (workspace / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    write_processed(workspace)
-    set_params(workspace, **QUICK)
+    workspace = quick_workspace(tmp_path / "ws")
     for stage in ("train", "train", "evaluate"):
         result = run_stage_process(workspace, stage)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import headless_browser, run_stage, script_module
+from tests.conftest import require_chromium, run_stage, script_module
 
 pytestmark = pytest.mark.slow
 
 
 def test_runs_metrics_and_aliases_show_in_the_ui(trained: Path, tmp_path: Path) -> None:
-    headless_browser().quit()  # skips, or fails under CI, without Chromium
+    require_chromium()
     script = script_module("ui_screenshots")
     assert run_stage(trained, "evaluate").returncode == 0
     # `capture` fails naming the page and the text it never showed: the run by its name on the

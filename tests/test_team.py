@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,13 +23,12 @@ from PIL import Image
 
 from tests.conftest import (
     MIRROR,
-    QUICK,
-    REPO,
     dvc,
     error_lines,
     free_port,
     needs_mirror,
     project_copy,
+    quick_workspace,
     run_git,
     run_queue_of_two,
     run_stage_process,
@@ -38,7 +36,7 @@ from tests.conftest import (
     stage_env,
     stop,
 )
-from tests.fakes import set_params, write_processed
+from tests.fakes import set_params
 from tests.services import (
     ADMIN_PASSWORD,
     DB_PASSWORD,
@@ -103,14 +101,6 @@ def all_runs(client) -> list:
 
     experiment = client.get_experiment_by_name("keras-tutorial")
     return client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
-
-
-def quick_workspace(folder: Path) -> Path:
-    folder.mkdir()
-    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
-    write_processed(folder)
-    set_params(folder, **QUICK)
-    return folder
 
 
 def test_database_script_can_run_again(cluster: Postgres, server: TeamServer) -> None:
