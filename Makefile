@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup setup-dev pipeline test test-fast lint lock check-lock ui screenshots
+.PHONY: setup setup-dev setup-jax pipeline test test-fast lint lock check-lock ui screenshots
 
 setup: $(VENV)/.runtime .dvc/plots/offline.html
 setup-dev: setup $(VENV)/.dev
@@ -22,6 +22,12 @@ $(VENV)/.runtime: requirements.lock
 # `dvc plots show` without internet: vega inside the page template that .dvc/config names.
 .dvc/plots/offline.html: scripts/offline_plots.py | $(VENV)/.runtime
 	$(BIN)/python scripts/offline_plots.py
+
+# The JAX backend (CPU build) for KERAS_BACKEND=jax, at the versions the dev lock pins.
+setup-jax: $(VENV)/.jax
+$(VENV)/.jax: $(VENV)/.runtime requirements-jax.txt requirements-dev.lock
+	$(BIN)/python -m pip install --quiet -r requirements-jax.txt -c requirements-dev.lock
+	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/python -m pip install --quiet -r requirements-dev.lock

@@ -17,7 +17,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import ModuleType
 
 # Start-up notices only: each names the library file that prints it and its fixed wording.
@@ -64,7 +64,24 @@ def native_notices_left_out() -> Iterator[None]:
 def import_keras() -> ModuleType:
     """The `keras` module; its first import in this process leaves the notices out."""
     if "keras" not in sys.modules:
-        debugging = os.environ.get("MLPIPE_DEBUG", "") not in ("", "0")
-        with nullcontext() if debugging else native_notices_left_out():
+        with start_up_notices_left_out():
             import keras  # noqa: F401
     return sys.modules["keras"]
+
+
+def set_random_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed`, which also imports TensorFlow (when it is installed) to
+    seed it, whatever the backend: on JAX that import is the first, so its notices are left
+    out here."""
+    keras = import_keras()
+    with start_up_notices_left_out():
+        keras.utils.set_random_seed(seed)
+
+
+def start_up_notices_left_out() -> AbstractContextManager[None]:
+    """Around a call that may load TensorFlow's native libraries for the first time in this
+    process (Keras on JAX imports it to seed it, or to sync seeds across processes)."""
+    if "tensorflow" in sys.modules:
+        return nullcontext()
+    debugging = os.environ.get("MLPIPE_DEBUG", "") not in ("", "0")
+    return nullcontext() if debugging else native_notices_left_out()

@@ -25,6 +25,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "selu")
 LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 MODEL_TYPES = ("mlp", "cnn")
 TRAINING_LOOPS = ("fit", "scan")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 
 
 def registered_model_name(prefix: str, dataset: str) -> str:
@@ -67,6 +68,7 @@ class TrainParams(_Section):
     epochs: int = Field(gt=0, le=100_000)
     early_stopping_patience: int = Field(ge=0, description="0 turns early stopping off")
     loop: Literal[TRAINING_LOOPS]
+    distribution: Literal[DISTRIBUTIONS]
 
     @model_validator(mode="after")
     def _momentum_needs_sgd(self) -> TrainParams:

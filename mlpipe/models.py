@@ -134,8 +134,13 @@ def train(
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     num_classes: int,
     on_epoch: EpochHook | None = None,
+    batch_size: int | None = None,
 ) -> TrainResult:
-    """Compile and fit `model` on (x_train, y_train, x_val, y_val); returns its history."""
+    """Compile and fit `model` on (x_train, y_train, x_val, y_val); returns its history.
+
+    `batch_size` is what this process feeds per step when several processes share the global
+    `params.batch_size`.
+    """
     x_train, y_train, x_val, y_val = data
     compile_model(model, params)
     epoch_callback = _EpochCallback(params.epochs, on_epoch)
@@ -153,7 +158,7 @@ def train(
         x_train,
         encode_labels(y_train, params.loss, num_classes),
         validation_data=(x_val, encode_labels(y_val, params.loss, num_classes)),
-        batch_size=params.batch_size,
+        batch_size=batch_size or params.batch_size,
         epochs=params.epochs,
         shuffle=True,
         verbose=0,

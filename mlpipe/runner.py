@@ -25,8 +25,9 @@ EXIT_TERMINATED = 143
 DEBUG_ENV = "MLPIPE_DEBUG"  # set to 1 to see the full traceback behind a one-line error
 QUIETED_LOGGERS = ("mlflow.store.db.utils", "mlflow.utils.async_logging")
 # Libraries whose INFO lines repeat ours ("Created version 3 of model ...") or narrate their
-# internals (alembic's migrations of a new store): their warnings and errors still show.
-WARNING_ONLY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "urllib3")
+# internals (alembic's migrations of a new store, JAX's backend probing and joining a job):
+# their warnings and errors still show.
+WARNING_ONLY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "urllib3", "jax")
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -143,4 +144,19 @@ def _experiment_in_workspace() -> bool:
 
 def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
     """`python -m stages.<name>`: run the stage and exit with its code."""
-    sys.exit(execute(name, main))
+    code = execute(name, main)
+    if code and _joined_a_job():
+        # JAX's exit hook waits at a barrier for every process of the job: with one of them
+        # dead it would hold this failure up until its heartbeat timeout (100 s), then abort.
+        # The run and the outputs are settled by now; leave without the interpreter's exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _joined_a_job() -> bool:
+    """Whether this process joined a multi-process JAX job (`train.distribution multi_worker`)."""
+    jax = sys.modules.get("jax")  # only a process that imported JAX can have joined one
+    return jax is not None and jax.distributed.is_initialized()

@@ -6,6 +6,8 @@ MLflow run id and registered model version, for the later stages and for `dvc ex
 MLflow: params, per-epoch loss/accuracy/val_loss/val_accuracy, tags, the model summary and
 the model, registered as a new version of `<mlflow.registered_model_name>-<dataset>`.
 Run: `dvc repro train`, or `python -m stages.train` from the repository root.
+With `train.distribution: multi_worker` every process of the job runs the same command; only
+process 0 writes the outputs and the MLflow run (see `mlpipe.distribution`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 
+from mlpipe import distribution
 from mlpipe.atomic import atomic_paths
 from mlpipe.config import STAGE_PARAMS, ConfigError, Params, flatten, load_params
 from mlpipe.datasets import SPECS
@@ -37,23 +40,31 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         raise ConfigError(
             f"params.yaml: train.loop scan needs KERAS_BACKEND=jax (got {backend}); use loop fit"
         )
+    role = distribution.plan(params.train, backend, os.environ)
     check_fits_in_memory(params.model, params.train, spec.image_shape, spec.num_classes)
     x_train, y_train = load_split(layout, "train", spec)
     x_val, y_val = load_split(layout, "val", spec)
     digest = data_digest(layout.split_files)
-    client, experiment_id = connect(params.mlflow.experiment_name, layout.workspace)
+    if role.chief:
+        client, experiment_id = connect(params.mlflow.experiment_name, layout.workspace)
 
     # TensorFlow (through Keras) is imported here, once params, data and the tracking store are
     # known to be good: a bad input fails in a second, not after TensorFlow's start-up.
     import pandas as pd
 
-    from mlpipe.backend import import_keras
+    from mlpipe.backend import import_keras, set_random_seed
 
     keras = import_keras()
     from mlpipe import models, registration
 
-    keras.utils.set_random_seed(params.base.seed)
-    model = models.build_model(params.model, spec.image_shape, spec.num_classes, params.base.seed)
+    engine = distribution.start(role, keras, params.train.batch_size)
+    trained_on = flatten(params, STAGE_PARAMS["train"])
+    distribution.check_same_job(role, json.dumps([trained_on, digest], sort_keys=True))
+    set_random_seed(params.base.seed)
+    with engine.scope():
+        model = models.build_model(
+            params.model, spec.image_shape, spec.num_classes, params.base.seed
+        )
     summary = models.summary_text(model)
     log.info(
         "model %s: %d layers, %s trainable parameters (its summary: model_summary.txt in MLflow)",
@@ -61,6 +72,27 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         len(model.layers),
         f"{models.trainable_parameters(model):,}",
     )
+
+    # Each process feeds its own shard (all of the data when it trains alone).
+    data = distribution.shard((x_train, y_train, x_val, y_val), role, engine.local_devices)
+
+    def fit(hook: models.EpochHook | None) -> models.TrainResult:
+        if params.train.loop == "scan":
+            return models.train_scan(
+                model, params.train, data, spec.num_classes, params.base.seed, on_epoch=hook
+            )
+        with engine.training():
+            batch = engine.batch_per_process(params.train.batch_size)
+            return models.train(
+                model, params.train, data, spec.num_classes, on_epoch=hook, batch_size=batch
+            )
+
+    if not role.chief:
+        result = fit(None)
+        log.info(
+            "%s trained %d epochs; process 0 writes the outputs", role.label, len(result.history)
+        )
+        return
 
     tags = {**registration.backend_tags(), "data.sha256": digest, "base.dataset": spec.name}
     outputs = (layout.model_file, layout.history_file, layout.run_record_file)
@@ -71,7 +103,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         log.info("MLflow run %s in experiment %r", tracker.run_id, params.mlflow.experiment_name)
         # Sizes and timings are params and tags: the metrics are what the model scored.
         size = {"model.trainable_params": models.trainable_parameters(model)}
-        tracker.log_params({**flatten(params, STAGE_PARAMS["train"]), **size})
+        tracker.log_params({**trained_on, **size, **engine.record(params.train.batch_size)})
         tracker.log_inputs(
             [
                 dataset_input(layout, "train", len(y_train), spec),
@@ -80,14 +112,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         )
         tracker.log_text(summary, "model_summary.txt")
 
-        data = (x_train, y_train, x_val, y_val)
-        hook = tracker.log_epoch
-        if params.train.loop == "scan":
-            result = models.train_scan(
-                model, params.train, data, spec.num_classes, params.base.seed, on_epoch=hook
-            )
-        else:
-            result = models.train(model, params.train, data, spec.num_classes, on_epoch=hook)
+        result = fit(tracker.log_epoch)
         tracker.flush()
         model.save(model_temp)
         history_csv = pd.DataFrame(result.history).to_csv(index=False)

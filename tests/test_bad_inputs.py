@@ -256,6 +256,38 @@ CASES = [
         exit_code=2,
     ),
     Case(
+        "params-multi-worker-needs-jax",
+        stage("train"),
+        "train.distribution multi_worker needs KERAS_BACKEND=jax (got tensorflow)",
+        params_edit("distribution: none", "distribution: multi_worker"),
+        exit_code=2,
+    ),
+    Case(
+        "params-scan-with-distribution",
+        stage("train"),
+        "train.loop scan trains on one device in one process; it cannot be used with "
+        "train.distribution mirrored",
+        lambda ws: (
+            params_edit("loop: fit", "loop: scan")(ws),
+            params_edit("distribution: none", "distribution: mirrored")(ws),
+        ),
+        env={"KERAS_BACKEND": "jax"},
+        exit_code=2,
+    ),
+    Case(
+        "multi-worker-process-id-out-of-range",
+        stage("train"),
+        "KERAS_DISTRIBUTION_PROCESS_ID must be an integer from 0 to 1 (got '2')",
+        params_edit("distribution: none", "distribution: multi_worker"),
+        env={
+            "KERAS_BACKEND": "jax",
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES": "127.0.0.1:9",
+            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+            "KERAS_DISTRIBUTION_PROCESS_ID": "2",
+        },
+        exit_code=2,
+    ),
+    Case(
         "params-split-out-of-range",
         stage("preprocess"),
         "preprocess.validation_split must be a number greater than 0 and less than 1 (got 1.5)",

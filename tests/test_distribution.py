@@ -1,0 +1,371 @@
+"""train.distribution: the plan read from params and the environment, the data shards, and
+real jobs (mirrored on this CPU; two processes on 127.0.0.1, one of them killed)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpipe.config import TrainParams
+from mlpipe.distribution import DistributionError, Role, plan, shard
+from mlpipe.errors import ConfigError
+from tests.conftest import (
+    MIRROR,
+    REPO,
+    client_for,
+    error_lines,
+    files_under,
+    free_port,
+    needs_mirror,
+    quick_workspace,
+    run_stage,
+    stage_env,
+)
+from tests.fakes import set_params
+
+DEFAULTS = TrainParams(
+    optimizer="sgd",
+    learning_rate=0.01,
+    momentum=0.0,
+    loss="categorical_crossentropy",
+    batch_size=500,
+    epochs=20,
+    early_stopping_patience=0,
+    loop="fit",
+    distribution="multi_worker",
+)
+JOB = {
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:1234,10.0.0.2:1234",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+    "KERAS_DISTRIBUTION_PROCESS_ID": "1",
+}
+
+
+def planned(environ: dict[str, str] = JOB, backend: str = "jax", **changes: object) -> Role:
+    return plan(DEFAULTS.model_copy(update=changes), backend, environ)
+
+
+def test_a_worker_takes_its_role_from_the_environment() -> None:
+    role = planned()
+    assert role == Role("multi_worker", 1, 2, "10.0.0.1:1234,10.0.0.2:1234")
+    assert not role.chief
+    assert planned({**JOB, "KERAS_DISTRIBUTION_PROCESS_ID": "0"}).chief
+    # The coordinator alone is enough, as for Keras and JAX.
+    alone = planned({**JOB, "KERAS_DISTRIBUTION_JOB_ADDRESSES": " [::1]:80 "})
+    assert alone.job_addresses == "[::1]:80"
+
+
+def test_none_and_mirrored_need_no_environment() -> None:
+    assert planned({}, distribution="none") == Role("none")
+    assert planned({}, backend="tensorflow", distribution="mirrored") == Role("mirrored")
+
+
+def test_none_warns_when_a_job_environment_is_set(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "mlpipe.distribution"):
+        assert planned(distribution="none").chief
+    assert "train.distribution is none: this process trains alone" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("environ", "backend", "changes", "expected"),
+    [
+        (JOB, "tensorflow", {}, "multi_worker needs KERAS_BACKEND=jax (got tensorflow)"),
+        ({}, "torch", {"distribution": "mirrored"}, "mirrored needs KERAS_BACKEND tensorflow"),
+        (
+            JOB,
+            "jax",
+            {"loop": "scan", "distribution": "mirrored"},
+            "train.loop scan trains on one device",
+        ),
+        (
+            {k: v for k, v in JOB.items() if "PROCESS_ID" not in k},
+            "jax",
+            {},
+            "KERAS_DISTRIBUTION_PROCESS_ID not set",
+        ),
+        (
+            {**JOB, "KERAS_DISTRIBUTION_PROCESS_ID": "2"},
+            "jax",
+            {},
+            "KERAS_DISTRIBUTION_PROCESS_ID must be an integer from 0 to 1 (got '2')",
+        ),
+        (
+            {**JOB, "KERAS_DISTRIBUTION_PROCESS_ID": "-1"},
+            "jax",
+            {},
+            "KERAS_DISTRIBUTION_PROCESS_ID must be an integer from 0 to 1 (got '-1')",
+        ),
+        (
+            {**JOB, "KERAS_DISTRIBUTION_NUM_PROCESSES": "two"},
+            "jax",
+            {},
+            "KERAS_DISTRIBUTION_NUM_PROCESSES must be an integer from 1 to 4096 (got 'two')",
+        ),
+        (
+            {**JOB, "KERAS_DISTRIBUTION_NUM_PROCESSES": "3"},
+            "jax",
+            {"batch_size": 501},
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES must name the coordinator or all 3 processes",
+        ),
+        (
+            {**JOB, "KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:70000"},
+            "jax",
+            {},
+            "entries must be host:port with a port from 1 to 65535 (got '10.0.0.1:70000')",
+        ),
+        (
+            {**JOB, "KERAS_DISTRIBUTION_JOB_ADDRESSES": "http://10.0.0.1:80"},
+            "jax",
+            {},
+            "entries must be host:port",
+        ),
+        (
+            {**JOB, "KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:1234"},
+            "jax",
+            {"batch_size": 501},
+            "train.batch_size must be divisible by the 2 processes of the job",
+        ),
+    ],
+    ids=[
+        "multi-worker-on-tensorflow",
+        "mirrored-on-torch",
+        "scan-with-a-distribution",
+        "process-id-missing",
+        "process-id-too-high",
+        "process-id-negative",
+        "process-count-not-a-number",
+        "address-count",
+        "port-out-of-range",
+        "address-not-host-port",
+        "batch-not-divisible",
+    ],
+)
+def test_a_job_it_cannot_run_is_refused_naming_the_key(
+    environ: dict[str, str], backend: str, changes: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=None) as refused:
+        planned(environ, backend, **changes)
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("rows", "processes", "devices"), [(10, 1, 1), (103, 2, 1), (103, 3, 4)])
+def test_shards_are_equal_disjoint_and_cover_all_but_a_remainder(
+    rows: int, processes: int, devices: int
+) -> None:
+    x = np.arange(rows)
+    shares = [
+        shard((x, x * 10), Role("multi_worker", index, processes, "h:1"), devices)
+        for index in range(processes)
+    ]
+    sizes = {len(xs) for xs, _ in shares}
+    assert len(sizes) == 1 and sizes.pop() % devices == 0
+    seen = np.concatenate([xs for xs, _ in shares])
+    assert len(np.unique(seen)) == len(seen)
+    assert rows - len(seen) < processes * devices
+    for xs, ys in shares:
+        np.testing.assert_array_equal(ys, xs * 10)  # images and labels stay paired
+    if processes == 1 and devices == 1:
+        assert shares[0][0] is not x and np.array_equal(shares[0][0], x)
+
+
+def test_too_few_rows_for_the_job_is_an_error() -> None:
+    with pytest.raises(DistributionError, match="3 rows cannot be shared by 2 process"):
+        shard((np.arange(3),), Role("multi_worker", 0, 2, "h:1"), 2)
+
+
+# Real jobs -----------------------------------------------------------------------------------
+
+JOB_TIMEOUT_S = 240
+
+
+def start_process(
+    workspace: Path, process_id: int, processes: int, port: int, **env: str
+) -> subprocess.Popen[str]:
+    """`python -m stages.train` as process `process_id` of a job on 127.0.0.1:`port`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=workspace,
+        env=stage_env(
+            KERAS_BACKEND="jax",
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+            KERAS_DISTRIBUTION_NUM_PROCESSES=str(processes),
+            KERAS_DISTRIBUTION_PROCESS_ID=str(process_id),
+            **env,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(processes: list[subprocess.Popen[str]]) -> list[tuple[int, str]]:
+    """Wait for every process; their exit codes and standard errors."""
+    ended = []
+    for process in processes:
+        try:
+            _, err = process.communicate(timeout=JOB_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+            pytest.fail(f"a process of the job hung: {err[-3000:]}")
+        ended.append((process.returncode, err))
+    return ended
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in files_under(folder)}
+
+
+def runs_of(workspace: Path) -> list:
+    client = client_for(workspace)
+    experiment = client.get_experiment_by_name("keras-tutorial")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with a stratified quarter of real MNIST, preprocessed."""
+    if not (MIRROR / "mnist.npz").is_file():
+        pytest.skip(f"real MNIST mirror not found at {MIRROR} (../shared/data)")
+    workspace = tmp_path_factory.mktemp("subset") / "ws"
+    workspace.mkdir()
+    shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
+    set_params(workspace, preprocess__train_fraction=0.25)
+    for name in ("download", "preprocess"):
+        result = run_stage(workspace, name, DATA_MIRROR=str(MIRROR))
+        assert result.returncode == 0, result.stderr[-3000:]
+    return workspace
+
+
+def copy_of(workspace: Path, destination: Path, **params: object) -> Path:
+    copy = Path(shutil.copytree(workspace, destination))
+    set_params(copy, **params)
+    return copy
+
+
+def last_epoch(workspace: Path) -> dict[str, float]:
+    import pandas as pd
+
+    return pd.read_csv(workspace / "reports" / "history.csv").iloc[-1].to_dict()
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_mirrored_on_this_cpu_trains_as_none(subset: Path, tmp_path: Path) -> None:
+    results = {}
+    for distribution in ("none", "mirrored"):
+        workspace = copy_of(subset, tmp_path / distribution, train__distribution=distribution)
+        result = run_stage(workspace, "train")
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run,) = runs_of(workspace)
+        assert run.data.params["train.distribution"] == distribution
+        assert run.data.params["distribution.num_devices"] == "1"
+        results[distribution] = last_epoch(workspace)["val_accuracy"]
+    assert abs(results["mirrored"] - results["none"]) <= 0.01, results
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_two_processes_train_as_one_and_only_process_0_writes(subset: Path, tmp_path: Path) -> None:
+    alone = copy_of(subset, tmp_path / "alone")
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train"],
+        cwd=alone,
+        env=stage_env(KERAS_BACKEND="jax"),
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Two "hosts": each its own clone of the workspace; the same command, roles from the env.
+    chief = copy_of(subset, tmp_path / "host0", train__distribution="multi_worker")
+    worker = copy_of(subset, tmp_path / "host1", train__distribution="multi_worker")
+    worker_before = snapshot(worker)
+    port = free_port()
+    ended = finish([start_process(chief, 0, 2, port), start_process(worker, 1, 2, port)])
+    for code, err in ended:
+        assert code == 0, err[-3000:]
+        assert "Traceback" not in err and error_lines(err) == []
+
+    assert snapshot(worker) == worker_before  # process 1 wrote nothing, made no store
+    (run,) = runs_of(chief)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.distribution"] == "multi_worker"
+    assert params["distribution.num_processes"] == "2"
+    assert params["distribution.num_devices"] == "2"
+    assert params["distribution.global_batch_size"] == params["train.batch_size"] == "500"
+    client = client_for(chief)
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [metric.step for metric in history] == list(range(1, 21))
+    versions = client.search_model_versions("name='keras-tutorial-mnist'")
+    assert [version.run_id for version in versions] == [run.info.run_id]
+    assert (chief / "models" / "model.keras").is_file()
+
+    together, single = last_epoch(chief)["val_accuracy"], last_epoch(alone)["val_accuracy"]
+    assert abs(together - single) <= 0.01, (together, single)
+    assert history[-1].value == pytest.approx(together)
+
+
+@pytest.mark.slow
+def test_killing_process_1_fails_process_0_within_bounds(tmp_path: Path) -> None:
+    chief = quick_workspace(tmp_path / "host0")
+    worker = quick_workspace(tmp_path / "host1")
+    for workspace in (chief, worker):
+        set_params(workspace, train__distribution="multi_worker", train__epochs=5000)
+    port = free_port()
+    zero = start_process(chief, 0, 2, port)
+    one = start_process(worker, 1, 2, port)
+    watchdog = threading.Timer(JOB_TIMEOUT_S, zero.kill)  # the loop below must not hang
+    watchdog.start()
+    seen = ""
+    for line in zero.stderr:  # process 0 logs each epoch; kill process 1 once training runs
+        seen += line
+        if "epoch 3/" in line:
+            break
+    else:
+        pytest.fail(f"process 0 never trained: {seen[-3000:]}")
+    one.kill()
+    killed_at = time.monotonic()
+    try:
+        rest = zero.stderr.read()
+        zero.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        zero.kill()
+        one.communicate()
+    took = time.monotonic() - killed_at
+    assert took < 60
+    assert zero.returncode == 1, (seen + rest)[-3000:]
+    (line,) = error_lines(rest)
+    assert line.startswith("error: process 0 of 2 stopped training:"), line
+    assert "Traceback" not in rest
+    (run,) = runs_of(chief)
+    assert run.info.status == "FAILED"
+    assert not (chief / "models" / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_processes_with_other_params_refuse_to_train(tmp_path: Path) -> None:
+    chief = quick_workspace(tmp_path / "host0")
+    worker = quick_workspace(tmp_path / "host1")
+    for workspace, seed in ((chief, 1), (worker, 2)):
+        set_params(workspace, train__distribution="multi_worker", base__seed=seed)
+    port = free_port()
+    ended = finish([start_process(chief, 0, 2, port), start_process(worker, 1, 2, port)])
+    for code, err in ended:
+        assert code == 1, err[-3000:]
+        (line,) = error_lines(err)
+        assert "process(es) 1 of the job have other params or data than process 0" in line
+    assert runs_of(chief) == []
+    assert not (chief / "models").exists()
