@@ -80,7 +80,8 @@ def set_random_seed(seed: int) -> None:
 
 def start_up_notices_left_out() -> AbstractContextManager[None]:
     """Around a call that may load TensorFlow's native libraries for the first time in this
-    process (Keras on JAX imports it to seed it, or to sync seeds across processes)."""
+    process (Keras on JAX imports it to seed it). Not around a call that may block or abort:
+    what it prints is only seen once it returns."""
     if "tensorflow" in sys.modules:
         return nullcontext()
     debugging = os.environ.get("MLPIPE_DEBUG", "") not in ("", "0")

@@ -57,6 +57,8 @@ class ModelParams(_Section):
     activation: Literal[ACTIVATIONS]
     conv_filters: list[PositiveInt] = Field(min_length=1, description="used by cnn")
     dropout: float = Field(ge=0.0, lt=1.0)
+    cnn_dense_units: int = Field(gt=0, le=100_000, description="used by cnn")
+    cnn_dropout: float = Field(ge=0.0, lt=1.0, description="used by cnn")
 
 
 class TrainParams(_Section):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -37,8 +39,11 @@ PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
 ENVIRONMENT = (ADDRESSES, PROCESSES, PROCESS_ID)
 MAX_PROCESSES = 4096
+# How long a process waits for the whole job to join. JAX's own limit (300 s) ends in a native
+# abort with a stack trace; this one, a little earlier, in one line.
+JOIN_TIMEOUT_S = 280.0
 README = "README: Training on several devices or hosts"
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 
 
 class DistributionError(PipelineError):
@@ -80,7 +85,7 @@ def plan(params: TrainParams, backend: str, environ: Mapping[str, str]) -> Role:
     if wanted == "none":
         if any(environ.get(name) for name in ENVIRONMENT):
             log.warning(
-                "%s is set but train.distribution is none: this process trains alone "
+                "%s set but train.distribution is none: this process trains alone "
                 "(set train.distribution multi_worker to join the job)",
                 ", ".join(name for name in ENVIRONMENT if environ.get(name)),
             )
@@ -117,7 +122,7 @@ def plan(params: TrainParams, backend: str, environ: Mapping[str, str]) -> Role:
 
 def _integer(environ: Mapping[str, str], name: str, low: int, high: int) -> int:
     text = environ[name].strip()
-    if not re.fullmatch(r"\d+", text) or not low <= int(text) <= high:
+    if not re.fullmatch(r"[0-9]+", text) or not low <= int(text) <= high:
         raise ConfigError(
             f"train.distribution multi_worker: {name} must be an integer from {low} to {high} "
             f"(got {text[:40]!r})"
@@ -144,24 +149,29 @@ def _addresses(text: str, processes: int) -> str:
     return ",".join(entries)
 
 
-def shard(arrays: tuple[np.ndarray, ...], role: Role, multiple: int = 1) -> tuple[np.ndarray, ...]:
-    """This process's share of each array: every `num_processes`-th row from its id.
+Split = tuple[np.ndarray, np.ndarray]  # images and labels
 
-    Every process gets as many rows of an array as every other (a multiple of `multiple`, its
-    local device count), so all take the same steps in lockstep; at most
-    `num_processes * multiple - 1` rows of an array are left out. A process alone on one
-    device gets the arrays whole.
+
+def shard(splits: dict[str, Split], role: Role, multiple: int = 1) -> dict[str, Split]:
+    """This process's share of each split: every `num_processes`-th image from its id.
+
+    Every process gets as many images of a split as every other (a multiple of `multiple`,
+    its local device count), so all take the same steps in lockstep; at most
+    `num_processes * multiple - 1` images of a split are left out. A process alone on one
+    device gets the splits whole.
     """
-    shares = []
-    for array in arrays:
-        rows = len(array) // role.num_processes // multiple * multiple
+    shares = {}
+    for name, (images, labels) in splits.items():
+        rows = len(images) // role.num_processes // multiple * multiple
         if rows == 0:
             raise DistributionError(
-                f"{len(array)} rows cannot be shared by {role.num_processes} process(es) with "
-                f"{multiple} device(s) each; use more data (preprocess.train_fraction)"
+                f"data/processed/{name}.npz: {len(images)} image(s) cannot be shared by "
+                f"{role.num_processes} process(es) with {multiple} device(s) each; use more "
+                "data (preprocess.train_fraction, preprocess.validation_split)"
             )
-        shares.append(array[role.process_id :: role.num_processes][:rows])
-    return tuple(shares)
+        step = slice(role.process_id, None, role.num_processes)
+        shares[name] = (images[step][:rows], labels[step][:rows])
+    return shares
 
 
 @dataclass(frozen=True)
@@ -219,20 +229,9 @@ def start(role: Role, keras: ModuleType, global_batch: int) -> Engine:
     else:
         import jax
 
-        from mlpipe.backend import start_up_notices_left_out
-
         if role.distribution == "multi_worker":
             log.info("%s: joining the job through %s", role.label, role.job_addresses.split(",")[0])
-            try:
-                with start_up_notices_left_out():
-                    keras.distribution.initialize(
-                        role.job_addresses, role.num_processes, role.process_id
-                    )
-            except Exception as exc:  # JAX raises several kinds; each is one line here
-                raise DistributionError(
-                    f"{role.label} could not join the job at {role.job_addresses}: "
-                    f"{first_line(exc)}"
-                ) from exc
+            _join(keras, role)
         devices = keras.distribution.list_devices()
         data_parallel = keras.distribution.DataParallel(
             devices=devices, auto_shard_dataset=role.distribution != "multi_worker"
@@ -251,6 +250,69 @@ def start(role: Role, keras: ModuleType, global_batch: int) -> Engine:
         global_batch,
     )
     return engine
+
+
+def _join(keras: ModuleType, role: Role) -> None:
+    """`keras.distribution.initialize`, bounded by JOIN_TIMEOUT_S, and stoppable meanwhile.
+
+    The join runs in a thread: JAX blocks in native code until every process has joined, and
+    only the main thread runs Python's handlers for Ctrl-C and SIGTERM. A job that does not
+    assemble in time is an error here, not JAX's native abort at its own limit.
+    """
+    import jax
+
+    # JAX's preemption service takes SIGTERM for itself (to checkpoint at a sync point) and its
+    # coordination client aborts the process natively when a peer fails: this pipeline stops
+    # on SIGTERM like any stage and learns of a lost peer from the failed exchange instead.
+    jax.config.update("jax_enable_preemption_service", False)
+    jax.config.update("jax_enable_recoverability", True)
+    coordinator = role.job_addresses.split(",")[0]
+    if role.chief:
+        _check_port_free(coordinator, role)
+    failed: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            # The seed is set before (the train stage's set_random_seed), so Keras does not
+            # agree on a random one across the processes here.
+            keras.distribution.initialize(role.job_addresses, role.num_processes, role.process_id)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failed.append(exc)
+
+    joining = threading.Thread(target=join, name="join-job", daemon=True)
+    joining.start()
+    joining.join(JOIN_TIMEOUT_S)
+    if joining.is_alive():
+        raise DistributionError(
+            f"{role.label}: the job did not assemble within {JOIN_TIMEOUT_S:.0f} s at "
+            f"{coordinator}; start all {role.num_processes} processes with the same "
+            f"{ADDRESSES} and {PROCESSES}, and let them reach the coordinator's port"
+        )
+    if failed:
+        raise DistributionError(
+            f"{role.label} could not join the job at {coordinator}: {first_line(failed[0])}"
+        ) from failed[0]
+
+
+def _check_port_free(coordinator: str, role: Role) -> None:
+    """Process 0 serves the job on the coordinator's port (on every interface, as JAX does):
+    a port already taken would crash JAX's server instead of failing with a message."""
+    port = int(coordinator.rsplit(":", 1)[1])
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 on this host: try IPv4
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise DistributionError(
+                    f"{role.label} cannot serve the job on port {port} ({ADDRESSES}): "
+                    f"{exc.strerror}; choose a free port on process 0's host"
+                ) from exc
+        return
 
 
 def check_same_job(role: Role, fingerprint: str) -> None:

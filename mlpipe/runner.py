@@ -108,7 +108,8 @@ def execute(name: str, main: Callable[[], None]) -> int:
         return EXIT_TERMINATED
     except MemoryError:
         return _fail(
-            "out of memory; make the model (model.hidden_units, model.conv_filters) or "
+            "out of memory; make the model (model.hidden_units, or model.conv_filters and "
+            "model.cnn_dense_units for cnn) or "
             "the batches (train.batch_size, evaluate.batch_size) smaller",
             1,
         )
@@ -145,15 +146,20 @@ def _experiment_in_workspace() -> bool:
 def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
     """`python -m stages.<name>`: run the stage and exit with its code."""
     code = execute(name, main)
-    if code and _joined_a_job():
+    if _joined_a_job():
         # JAX's exit hook waits at a barrier for every process of the job: with one of them
-        # dead it would hold this failure up until its heartbeat timeout (100 s), then abort.
-        # The run and the outputs are settled by now; leave without the interpreter's exit.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        # dead, or gone without the barrier after a failure, it would hold this process until
+        # its heartbeat timeout (100 s), then abort it. The run and the outputs are settled by
+        # now, every file closed: every process of a job leaves without the interpreter's exit.
+        _leave(code)
     sys.exit(code)
+
+
+def _leave(code: int) -> NoReturn:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _joined_a_job() -> bool:

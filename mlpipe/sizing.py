@@ -15,12 +15,15 @@ def parameter_count(params: ModelParams, image_shape: tuple[int, ...], num_class
         height, width = image_shape[:2]
         channels = image_shape[2] if len(image_shape) == 3 else 1
         for filters in params.conv_filters:
-            count += 3 * 3 * channels * filters + filters
+            # A 3x3 kernel without bias, then batch norm's scale and offset.
+            count += 3 * 3 * channels * filters + 2 * filters
             channels, height, width = filters, height // 2, width // 2
         inputs = height * width * channels
+        dense = [params.cnn_dense_units]
     else:
         inputs = int(np.prod(image_shape))
-    for units in [*params.hidden_units, num_classes]:
+        dense = params.hidden_units
+    for units in [*dense, num_classes]:
         count += inputs * units + units
         inputs = units
     return count
@@ -34,9 +37,10 @@ def activations_per_image(
     count = int(np.prod(image_shape))
     if params.type == "cnn":
         for filters in params.conv_filters:
-            count += height * width * filters  # the convolution, before pooling
+            count += 3 * height * width * filters  # convolution, batch norm, activation
             height, width = height // 2, width // 2
             count += height * width * filters
+        return count + params.cnn_dense_units + num_classes
     return count + sum(params.hidden_units) + num_classes
 
 
@@ -57,9 +61,14 @@ def check_fits_in_memory(
     estimate = weights + activations
     available = psutil.virtual_memory().available
     if estimate > available:
+        sized = (
+            f"model.conv_filters {_clipped(model.conv_filters)} and model.cnn_dense_units "
+            f"{model.cnn_dense_units}"
+            if model.type == "cnn"
+            else f"model.hidden_units {_clipped(model.hidden_units)}"
+        )
         raise ConfigError(
-            f"params.yaml: model.hidden_units {_clipped(model.hidden_units)} (with "
-            f"model.conv_filters for cnn, and train.batch_size {train.batch_size}) needs about "
+            f"params.yaml: {sized} (with train.batch_size {train.batch_size}) needs about "
             f"{estimate / 2**30:,.1f} GiB to train, more than the {available / 2**30:,.1f} GiB "
             "free; make the layers or the batches smaller"
         )

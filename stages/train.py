@@ -57,10 +57,10 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     keras = import_keras()
     from mlpipe import models, registration
 
+    set_random_seed(params.base.seed)
     engine = distribution.start(role, keras, params.train.batch_size)
     trained_on = flatten(params, STAGE_PARAMS["train"])
     distribution.check_same_job(role, json.dumps([trained_on, digest], sort_keys=True))
-    set_random_seed(params.base.seed)
     with engine.scope():
         model = models.build_model(
             params.model, spec.image_shape, spec.num_classes, params.base.seed
@@ -74,7 +74,9 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     )
 
     # Each process feeds its own shard (all of the data when it trains alone).
-    data = distribution.shard((x_train, y_train, x_val, y_val), role, engine.local_devices)
+    splits = {"train": (x_train, y_train), "val": (x_val, y_val)}
+    shares = distribution.shard(splits, role, engine.local_devices)
+    data = (*shares["train"], *shares["val"])
 
     def fit(hook: models.EpochHook | None) -> models.TrainResult:
         if params.train.loop == "scan":

@@ -275,6 +275,22 @@ def quick_workspace(folder: Path) -> Path:
     return folder
 
 
+def real_workspace(folder: Path, **params: object) -> Path:
+    """A new workspace at `folder` with real MNIST from the mirror, preprocessed with `params`
+    (section__key=value, e.g. preprocess__train_fraction=0.1 for a stratified subset)."""
+    from tests.fakes import set_params
+
+    if not HAS_MIRROR:
+        pytest.skip(f"real MNIST mirror not found at {MIRROR} (../shared/data)")
+    folder.mkdir()
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    set_params(folder, **params)
+    for name in ("download", "preprocess"):
+        result = run_stage(folder, name, DATA_MIRROR=str(MIRROR))
+        assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace where the train stage has run on tiny processed data, once per module."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +20,6 @@ from mlpipe.config import TrainParams
 from mlpipe.distribution import DistributionError, Role, plan, shard
 from mlpipe.errors import ConfigError
 from tests.conftest import (
-    MIRROR,
     REPO,
     client_for,
     error_lines,
@@ -26,6 +27,7 @@ from tests.conftest import (
     free_port,
     needs_mirror,
     quick_workspace,
+    real_workspace,
     run_stage,
     stage_env,
 )
@@ -71,7 +73,9 @@ def test_none_and_mirrored_need_no_environment() -> None:
 def test_none_warns_when_a_job_environment_is_set(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "mlpipe.distribution"):
         assert planned(distribution="none").chief
-    assert "train.distribution is none: this process trains alone" in caplog.text
+    assert "_PROCESS_ID set but train.distribution is none: this process trains alone" in (
+        caplog.text
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,23 +167,50 @@ def test_shards_are_equal_disjoint_and_cover_all_but_a_remainder(
 ) -> None:
     x = np.arange(rows)
     shares = [
-        shard((x, x * 10), Role("multi_worker", index, processes, "h:1"), devices)
+        shard({"train": (x, x * 10)}, Role("multi_worker", index, processes, "h:1"), devices)
         for index in range(processes)
     ]
-    sizes = {len(xs) for xs, _ in shares}
+    sizes = {len(share["train"][0]) for share in shares}
     assert len(sizes) == 1 and sizes.pop() % devices == 0
-    seen = np.concatenate([xs for xs, _ in shares])
+    seen = np.concatenate([share["train"][0] for share in shares])
     assert len(np.unique(seen)) == len(seen)
     assert rows - len(seen) < processes * devices
-    for xs, ys in shares:
-        np.testing.assert_array_equal(ys, xs * 10)  # images and labels stay paired
+    for share in shares:
+        images, labels = share["train"]
+        np.testing.assert_array_equal(labels, images * 10)  # images and labels stay paired
     if processes == 1 and devices == 1:
-        assert shares[0][0] is not x and np.array_equal(shares[0][0], x)
+        np.testing.assert_array_equal(shares[0]["train"][0], x)
 
 
-def test_too_few_rows_for_the_job_is_an_error() -> None:
-    with pytest.raises(DistributionError, match="3 rows cannot be shared by 2 process"):
-        shard((np.arange(3),), Role("multi_worker", 0, 2, "h:1"), 2)
+def test_a_split_too_small_for_the_job_is_named() -> None:
+    splits = {"train": (np.arange(8), np.arange(8)), "val": (np.arange(3), np.arange(3))}
+    with pytest.raises(DistributionError) as refused:
+        shard(splits, Role("multi_worker", 0, 2, "h:1"), 2)
+    assert str(refused.value).startswith(
+        "data/processed/val.npz: 3 image(s) cannot be shared by 2 process(es) with 2 device(s)"
+    )
+    assert "preprocess.validation_split" in str(refused.value)
+
+
+@pytest.mark.parametrize("digits", ["\u0662", "\uff12"])
+def test_only_ascii_digits_are_numbers(digits: str) -> None:
+    with pytest.raises(ConfigError, match="KERAS_DISTRIBUTION_NUM_PROCESSES must be an integer"):
+        planned({**JOB, "KERAS_DISTRIBUTION_NUM_PROCESSES": digits})
+
+
+def test_the_jax_backend_installs_at_the_locked_versions() -> None:
+    """requirements-jax.txt (make setup-jax), the dev lock and the README's GPU line agree."""
+    text = (REPO / "requirements-jax.txt").read_text()
+    pins = dict(line.split("==") for line in text.splitlines() if line and not line.startswith("#"))
+    locked = dict(
+        line.split(";")[0].strip().split("==")
+        for line in (REPO / "requirements-dev.lock").read_text().splitlines()
+        if "==" in line and not line.startswith(" ")
+    )
+    assert set(pins) == {"jax", "jaxlib"}
+    assert pins == {name: locked[name] for name in pins}
+    gpu = f'"jax[cuda12]=={pins["jax"]}"'
+    assert gpu in text and gpu in (REPO / "README.md").read_text()
 
 
 # Real jobs -----------------------------------------------------------------------------------
@@ -234,16 +265,8 @@ def runs_of(workspace: Path) -> list:
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with a stratified quarter of real MNIST, preprocessed."""
-    if not (MIRROR / "mnist.npz").is_file():
-        pytest.skip(f"real MNIST mirror not found at {MIRROR} (../shared/data)")
-    workspace = tmp_path_factory.mktemp("subset") / "ws"
-    workspace.mkdir()
-    shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
-    set_params(workspace, preprocess__train_fraction=0.25)
-    for name in ("download", "preprocess"):
-        result = run_stage(workspace, name, DATA_MIRROR=str(MIRROR))
-        assert result.returncode == 0, result.stderr[-3000:]
-    return workspace
+    folder = tmp_path_factory.mktemp("subset") / "ws"
+    return real_workspace(folder, preprocess__train_fraction=0.25)
 
 
 def copy_of(workspace: Path, destination: Path, **params: object) -> Path:
@@ -318,41 +341,96 @@ def test_two_processes_train_as_one_and_only_process_0_writes(subset: Path, tmp_
 
 
 @pytest.mark.slow
-def test_killing_process_1_fails_process_0_within_bounds(tmp_path: Path) -> None:
-    chief = quick_workspace(tmp_path / "host0")
-    worker = quick_workspace(tmp_path / "host1")
-    for workspace in (chief, worker):
+@pytest.mark.parametrize(
+    ("victim", "how"),
+    [(1, signal.SIGKILL), (0, signal.SIGKILL), (0, signal.SIGTERM)],
+    ids=["kill-process-1", "kill-process-0", "terminate-process-0"],
+)
+def test_losing_a_process_fails_the_other_within_bounds(
+    tmp_path: Path, victim: int, how: signal.Signals
+) -> None:
+    workspaces = [quick_workspace(tmp_path / f"host{index}") for index in (0, 1)]
+    for workspace in workspaces:
         set_params(workspace, train__distribution="multi_worker", train__epochs=5000)
+    worker_before = snapshot(workspaces[1])
     port = free_port()
-    zero = start_process(chief, 0, 2, port)
-    one = start_process(worker, 1, 2, port)
-    watchdog = threading.Timer(JOB_TIMEOUT_S, zero.kill)  # the loop below must not hang
+    job = [start_process(workspaces[index], index, 2, port) for index in (0, 1)]
+    survivor = job[1 - victim]
+    watchdog = threading.Timer(JOB_TIMEOUT_S, survivor.kill)  # the loop below must not hang
     watchdog.start()
     seen = ""
-    for line in zero.stderr:  # process 0 logs each epoch; kill process 1 once training runs
+    for line in survivor.stderr:  # every process logs each epoch; strike once training runs
         seen += line
         if "epoch 3/" in line:
             break
     else:
-        pytest.fail(f"process 0 never trained: {seen[-3000:]}")
-    one.kill()
-    killed_at = time.monotonic()
+        pytest.fail(f"the survivor never trained: {seen[-3000:]}")
+    job[victim].send_signal(how)
+    struck_at = time.monotonic()
     try:
-        rest = zero.stderr.read()
-        zero.wait(timeout=60)
+        rest = survivor.stderr.read()
+        survivor.wait(timeout=60)
+        _, victim_err = job[victim].communicate(timeout=60)
     finally:
         watchdog.cancel()
-        zero.kill()
-        one.communicate()
-    took = time.monotonic() - killed_at
-    assert took < 60
-    assert zero.returncode == 1, (seen + rest)[-3000:]
+        for process in job:
+            process.kill()
+            process.communicate()
+    assert time.monotonic() - struck_at < 60
+    assert survivor.returncode == 1, (seen + rest)[-3000:]
     (line,) = error_lines(rest)
-    assert line.startswith("error: process 0 of 2 stopped training:"), line
+    assert line.startswith(f"error: process {1 - victim} of 2 stopped training:"), line
     assert "Traceback" not in rest
-    (run,) = runs_of(chief)
-    assert run.info.status == "FAILED"
-    assert not (chief / "models" / "model.keras").exists()
+    if how == signal.SIGTERM:  # stopped as any stage is: its run KILLED, no output
+        assert job[victim].returncode == 143, victim_err[-3000:]
+        assert "terminated; no output was left half-written" in victim_err
+    if victim == 1 or how == signal.SIGTERM:
+        (run,) = runs_of(workspaces[0])
+        assert run.info.status == ("FAILED" if victim == 1 else "KILLED")
+        assert not (workspaces[0] / "models" / "model.keras").exists()
+    assert snapshot(workspaces[1]) == worker_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_process_waiting_for_the_job_stops_on_a_signal(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    worker = quick_workspace(tmp_path / "host1")
+    set_params(worker, train__distribution="multi_worker")
+    alone = start_process(worker, 1, 2, free_port())  # its coordinator never comes
+    watchdog = threading.Timer(JOB_TIMEOUT_S, alone.kill)
+    watchdog.start()
+    try:
+        for line in alone.stderr:
+            if "joining the job" in line:
+                break
+        time.sleep(2)  # inside JAX's join by now
+        alone.send_signal(how)
+        struck_at = time.monotonic()
+        _, err = alone.communicate(timeout=30)
+    finally:
+        watchdog.cancel()
+        alone.kill()
+    assert time.monotonic() - struck_at < 10
+    assert alone.returncode == (143 if how == signal.SIGTERM else 130), err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_coordinator_port_in_use_is_one_line(tmp_path: Path) -> None:
+    chief = quick_workspace(tmp_path / "host0")
+    set_params(chief, train__distribution="multi_worker")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (ended,) = finish([start_process(chief, 0, 2, port)])
+    code, err = ended
+    assert code == 1, err[-3000:]
+    (line,) = error_lines(err)
+    assert f"process 0 of 2 cannot serve the job on port {port}" in line
+    assert "Address already in use" in line
+    assert runs_of(chief) == []
 
 
 @pytest.mark.slow
@@ -369,3 +447,40 @@ def test_processes_with_other_params_refuse_to_train(tmp_path: Path) -> None:
         assert "process(es) 1 of the job have other params or data than process 0" in line
     assert runs_of(chief) == []
     assert not (chief / "models").exists()
+
+
+JOIN_WITH_A_SHORT_TIMEOUT = """
+import mlpipe.distribution
+from mlpipe.runner import run_stage
+from stages import train
+
+mlpipe.distribution.JOIN_TIMEOUT_S = 3
+run_stage("train", train.main)
+"""
+
+
+@pytest.mark.slow
+def test_a_job_that_never_assembles_ends_in_one_line(tmp_path: Path) -> None:
+    """Process 0 of 2, alone: it gives up at the join timeout, before JAX's native abort."""
+    chief = quick_workspace(tmp_path / "host0")
+    set_params(chief, train__distribution="multi_worker")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", JOIN_WITH_A_SHORT_TIMEOUT],
+        cwd=chief,
+        env=stage_env(
+            KERAS_BACKEND="jax",
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{free_port()}",
+            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+            KERAS_DISTRIBUTION_PROCESS_ID="0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    (line,) = error_lines(result.stderr)
+    assert "process 0 of 2: the job did not assemble within 3 s at 127.0.0.1:" in line
+    assert "Check failure" not in result.stderr and "Traceback" not in result.stderr
+    assert runs_of(chief) == []  # the store may exist; no run was started

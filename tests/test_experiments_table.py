@@ -29,29 +29,33 @@ def test_rewrite_replaces_only_the_table(tmp_path: Path) -> None:
         "rows": [
             {
                 "name": "tutorial",
+                "model": "mlp",
                 "optimizer": "sgd",
                 "learning_rate": 0.01,
                 "momentum": 0.0,
                 "test_accuracy": 0.5,
                 "test_loss": 1.25,
+                "train_seconds": 25.4,
             },
             {
-                "name": "adam",
+                "name": "cnn-adam",
+                "model": "cnn",
                 "optimizer": "adam",
                 "learning_rate": 0.001,
                 "momentum": None,
                 "test_accuracy": 0.75,
                 "test_loss": 0.5,
+                "train_seconds": 301.6,
             },
         ],
     }
     script.rewrite_readme(results, readme)
     after = readme.read_text()
     assert readme_block(after).splitlines()[2:4] == [
-        "| sgd (the tutorial) | 0.01 | 0 | 0.5000 | 1.2500 |",
-        "| adam | 0.001 | \u2013 | **0.7500** | 0.5000 |",
+        "| mlp | sgd (the tutorial) | 0.01 | 0 | 0.5000 | 1.2500 | 25 s |",
+        "| cnn | adam | 0.001 | \u2013 | **0.7500** | 0.5000 | 302 s |",
     ]
-    assert "Measured by `scripts/experiments_table.py` on a test machine." in after
+    assert "Measured by `scripts/experiments_table.py` on a test machine;" in after
     # Everything outside the markers is as it was.
     assert after.split(script.START)[0] == before.split(script.START)[0]
     assert after.split(script.END)[1] == before.split(script.END)[1]

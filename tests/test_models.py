@@ -8,7 +8,14 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from mlpipe.config import ModelParams, TrainParams, load_params  # noqa: E402
-from mlpipe.models import build_model, encode_labels, make_optimizer, train  # noqa: E402
+from mlpipe.models import (  # noqa: E402
+    build_model,
+    encode_labels,
+    make_optimizer,
+    train,
+    trainable_parameters,
+)
+from mlpipe.sizing import parameter_count  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 DEFAULTS = load_params(REPO / "params.yaml")
@@ -28,6 +35,26 @@ def test_default_model_is_the_tutorial_network() -> None:
     assert [layer.units for layer in dense] == [784, 32, 10]
     assert [layer.activation.__name__ for layer in dense] == ["relu", "relu", "softmax"]
     assert model.count_params() == 640_890
+
+
+def test_cnn_has_its_own_head_and_regularisation() -> None:
+    params = model_params(type="cnn")
+    model = build_model(params, (28, 28), 10, seed=0)
+    dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense == [params.cnn_dense_units, 10]  # not the MLP's hidden_units
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == len(params.conv_filters)
+    dropouts = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert dropouts == [params.cnn_dropout] * 2 == [0.5, 0.5]  # around the head's Dense layer
+    assert trainable_parameters(model) == 824_554
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3)])
+def test_sizing_counts_what_the_builder_builds(kind: str, shape: tuple[int, ...]) -> None:
+    params = model_params(type=kind, hidden_units=[16, 8], conv_filters=[4, 8], cnn_dense_units=6)
+    model = build_model(params, shape, 10, seed=0)
+    assert parameter_count(params, shape, 10) == trainable_parameters(model)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
