@@ -71,8 +71,9 @@ def run_rows() -> list[dict]:
             cwd=ROOT,
             capture_output=True,
         )
+        # --force: every row trains (and is timed), none is restored from DVC's run-cache.
         dvc(
-            *("exp", "run", "--queue", "-n", f"{PREFIX}{name}"),
+            *("exp", "run", "--queue", "--force", "-n", f"{PREFIX}{name}"),
             *("-S", f"train.optimizer={optimizer}", "-S", f"train.learning_rate={learning_rate}"),
             *("-S", f"train.momentum={momentum or 0.0}", "-S", f"model.type={model}"),
         )
@@ -98,6 +99,9 @@ def run_rows() -> list[dict]:
     if missing:
         raise RuntimeError(f"experiments {missing} failed: see dvc queue logs NAME\n{status}")
     seconds = fit_seconds(os.environ["MLFLOW_TRACKING_URI"])
+    untimed = [row[0] for row in ROWS if row[0] not in seconds]
+    if untimed:
+        raise RuntimeError(f"experiments {untimed} left no MLflow run with training seconds")
     return [
         {
             "name": name,
