@@ -73,6 +73,16 @@ class TrainParams(_Section):
     distribution: Literal[DISTRIBUTIONS]
 
     @model_validator(mode="after")
+    def _scan_is_one_process(self) -> TrainParams:
+        if self.loop == "scan" and self.distribution != "none":
+            raise ValueError(
+                f"train.loop scan trains on one device in one process; it cannot be used with "
+                f"train.distribution {self.distribution} (set train.loop fit or "
+                "train.distribution none)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _momentum_needs_sgd(self) -> TrainParams:
         if self.momentum and self.optimizer != "sgd":
             raise ValueError(

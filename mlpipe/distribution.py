@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Literal
 
 import numpy as np
 
-from mlpipe.config import TrainParams
+from mlpipe.config import DISTRIBUTIONS, TrainParams
 from mlpipe.errors import ConfigError, PipelineError, first_line
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ MAX_PROCESSES = 4096
 # How long a process waits for the whole job to join. JAX's own limit (300 s) ends in a native
 # abort with a stack trace; this one, a little earlier, in one line.
 JOIN_TIMEOUT_S = 280.0
-README = "README: Training on several devices or hosts"
+README_SECTION = "README: Training on several devices or hosts"
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 
 
@@ -54,7 +55,7 @@ class DistributionError(PipelineError):
 class Role:
     """This process's part in the training job."""
 
-    distribution: str  # none | mirrored | multi_worker
+    distribution: Literal[DISTRIBUTIONS]
     process_id: int = 0
     num_processes: int = 1
     job_addresses: str | None = None
@@ -65,6 +66,11 @@ class Role:
         return self.process_id == 0
 
     @property
+    def coordinator(self) -> str:
+        """`host:port` of process 0, which serves the job (the first address)."""
+        return (self.job_addresses or "").split(",")[0]
+
+    @property
     def label(self) -> str:
         return f"process {self.process_id} of {self.num_processes}"
 
@@ -72,16 +78,10 @@ class Role:
 def plan(params: TrainParams, backend: str, environ: Mapping[str, str]) -> Role:
     """This process's role, from `train.distribution`, the Keras backend and the environment.
 
-    Raises ConfigError naming the key or variable when the backend, the loop or the
-    environment cannot give the distribution asked for.
+    Raises ConfigError naming the key or variable when the backend or the environment cannot
+    give the distribution asked for (`train.loop scan` with one is refused by the config).
     """
     wanted = params.distribution
-    if wanted != "none" and params.loop == "scan":
-        raise ConfigError(
-            f"params.yaml: train.loop scan trains on one device in one process; it cannot be "
-            f"used with train.distribution {wanted} (set train.loop fit or "
-            "train.distribution none)"
-        )
     if wanted == "none":
         if any(environ.get(name) for name in ENVIRONMENT):
             log.warning(
@@ -107,7 +107,7 @@ def plan(params: TrainParams, backend: str, environ: Mapping[str, str]) -> Role:
     if missing:
         raise ConfigError(
             f"train.distribution multi_worker: {', '.join(missing)} not set; every process "
-            f"of the job needs {', '.join(ENVIRONMENT)} ({README})"
+            f"of the job needs {', '.join(ENVIRONMENT)} ({README_SECTION})"
         )
     processes = _integer(environ, PROCESSES, 1, MAX_PROCESSES)
     process_id = _integer(environ, PROCESS_ID, 0, processes - 1)
@@ -180,7 +180,7 @@ class Engine:
 
     role: Role
     num_devices: int
-    local_devices: int
+    num_local_devices: int
     scope: Callable[[], AbstractContextManager]
 
     @contextmanager
@@ -206,7 +206,7 @@ class Engine:
     def batch_per_process(self, global_batch: int) -> int:
         return global_batch // self.role.num_processes
 
-    def record(self, global_batch: int) -> dict[str, int | str]:
+    def record(self, global_batch: int) -> dict[str, int]:
         """What an MLflow run says about how it was trained."""
         return {
             "distribution.num_processes": self.role.num_processes,
@@ -230,7 +230,7 @@ def start(role: Role, keras: ModuleType, global_batch: int) -> Engine:
         import jax
 
         if role.distribution == "multi_worker":
-            log.info("%s: joining the job through %s", role.label, role.job_addresses.split(",")[0])
+            log.info("%s: joining the job through %s", role.label, role.coordinator)
             _join(keras, role)
         devices = keras.distribution.list_devices()
         data_parallel = keras.distribution.DataParallel(
@@ -266,9 +266,9 @@ def _join(keras: ModuleType, role: Role) -> None:
     # on SIGTERM like any stage and learns of a lost peer from the failed exchange instead.
     jax.config.update("jax_enable_preemption_service", False)
     jax.config.update("jax_enable_recoverability", True)
-    coordinator = role.job_addresses.split(",")[0]
+    coordinator = role.coordinator
     if role.chief:
-        _check_port_free(coordinator, role)
+        _check_port_free(role)
     failed: list[BaseException] = []
 
     def join() -> None:
@@ -294,10 +294,13 @@ def _join(keras: ModuleType, role: Role) -> None:
         ) from failed[0]
 
 
-def _check_port_free(coordinator: str, role: Role) -> None:
-    """Process 0 serves the job on the coordinator's port (on every interface, as JAX does):
-    a port already taken would crash JAX's server instead of failing with a message."""
-    port = int(coordinator.rsplit(":", 1)[1])
+def _check_port_free(role: Role) -> None:
+    """Refuse a coordinator port that is taken on this host (process 0's).
+
+    Process 0 serves the job on that port, on every interface as JAX does; a port already
+    taken would crash JAX's server instead of failing with a message.
+    """
+    port = int(role.coordinator.rsplit(":", 1)[1])
     for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
         try:
             probe = socket.socket(family, socket.SOCK_STREAM)

@@ -145,7 +145,13 @@ def _experiment_in_workspace() -> bool:
 
 def run_stage(name: str, main: Callable[[], None]) -> NoReturn:
     """`python -m stages.<name>`: run the stage and exit with its code."""
-    code = execute(name, main)
+    try:
+        code = execute(name, main)
+    except BaseException:
+        if not _joined_a_job():
+            raise
+        traceback.print_exc()  # an unexpected error, as the interpreter would show it
+        code = 1
     if _joined_a_job():
         # JAX's exit hook waits at a barrier for every process of the job: with one of them
         # dead, or gone without the barrier after a failure, it would hold this process until
@@ -163,6 +169,8 @@ def _leave(code: int) -> NoReturn:
 
 
 def _joined_a_job() -> bool:
-    """Whether this process joined a multi-process JAX job (`train.distribution multi_worker`)."""
+    """Whether this process joined, or began joining, a multi-process JAX job
+    (`train.distribution multi_worker`): JAX sets its client before it connects, so a process
+    stopped or timed out while waiting for the others counts too."""
     jax = sys.modules.get("jax")  # only a process that imported JAX can have joined one
     return jax is not None and jax.distributed.is_initialized()

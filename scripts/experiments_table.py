@@ -123,11 +123,17 @@ def fit_seconds(uri: str) -> dict[str, float]:
 
     client = MlflowClient(uri)
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        "tags.`dvc.exp_name` LIKE 'table-%' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],  # a row run twice: its latest run counts
+    )
     return {
         run.data.tags["dvc.exp_name"].removeprefix(PREFIX): float(
             run.data.tags["mlpipe.fit_seconds"]
         )
-        for run in client.search_runs(experiments, "tags.`dvc.exp_name` LIKE 'table-%'")
+        for run in runs
+        if "mlpipe.fit_seconds" in run.data.tags
     }
 
 

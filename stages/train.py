@@ -75,7 +75,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
 
     # Each process feeds its own shard (all of the data when it trains alone).
     splits = {"train": (x_train, y_train), "val": (x_val, y_val)}
-    shares = distribution.shard(splits, role, engine.local_devices)
+    shares = distribution.shard(splits, role, engine.num_local_devices)
     data = (*shares["train"], *shares["val"])
 
     def fit(hook: models.EpochHook | None) -> models.TrainResult:

@@ -267,10 +267,7 @@ CASES = [
         stage("train"),
         "train.loop scan trains on one device in one process; it cannot be used with "
         "train.distribution mirrored",
-        lambda ws: (
-            params_edit("loop: fit", "loop: scan")(ws),
-            params_edit("distribution: none", "distribution: mirrored")(ws),
-        ),
+        lambda ws: set_params(ws, train__loop="scan", train__distribution="mirrored"),
         env={"KERAS_BACKEND": "jax"},
         exit_code=2,
     ),

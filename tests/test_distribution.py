@@ -70,6 +70,11 @@ def test_none_and_mirrored_need_no_environment() -> None:
     assert planned({}, backend="tensorflow", distribution="mirrored") == Role("mirrored")
 
 
+def test_scan_with_a_distribution_is_refused_by_the_config() -> None:
+    with pytest.raises(ValueError, match=r"train\.loop scan trains on one device in one process"):
+        DEFAULTS.model_validate({**DEFAULTS.model_dump(), "loop": "scan"})
+
+
 def test_none_warns_when_a_job_environment_is_set(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "mlpipe.distribution"):
         assert planned(distribution="none").chief
@@ -83,12 +88,6 @@ def test_none_warns_when_a_job_environment_is_set(caplog: pytest.LogCaptureFixtu
     [
         (JOB, "tensorflow", {}, "multi_worker needs KERAS_BACKEND=jax (got tensorflow)"),
         ({}, "torch", {"distribution": "mirrored"}, "mirrored needs KERAS_BACKEND tensorflow"),
-        (
-            JOB,
-            "jax",
-            {"loop": "scan", "distribution": "mirrored"},
-            "train.loop scan trains on one device",
-        ),
         (
             {k: v for k, v in JOB.items() if "PROCESS_ID" not in k},
             "jax",
@@ -114,10 +113,10 @@ def test_none_warns_when_a_job_environment_is_set(caplog: pytest.LogCaptureFixtu
             "KERAS_DISTRIBUTION_NUM_PROCESSES must be an integer from 1 to 4096 (got 'two')",
         ),
         (
-            {**JOB, "KERAS_DISTRIBUTION_NUM_PROCESSES": "3"},
+            {**JOB, "KERAS_DISTRIBUTION_NUM_PROCESSES": "4"},
             "jax",
-            {"batch_size": 501},
-            "KERAS_DISTRIBUTION_JOB_ADDRESSES must name the coordinator or all 3 processes",
+            {},
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES must name the coordinator or all 4 processes",
         ),
         (
             {**JOB, "KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:70000"},
@@ -141,7 +140,6 @@ def test_none_warns_when_a_job_environment_is_set(caplog: pytest.LogCaptureFixtu
     ids=[
         "multi-worker-on-tensorflow",
         "mirrored-on-torch",
-        "scan-with-a-distribution",
         "process-id-missing",
         "process-id-too-high",
         "process-id-negative",
@@ -155,7 +153,7 @@ def test_none_warns_when_a_job_environment_is_set(caplog: pytest.LogCaptureFixtu
 def test_a_job_it_cannot_run_is_refused_naming_the_key(
     environ: dict[str, str], backend: str, changes: dict[str, object], expected: str
 ) -> None:
-    with pytest.raises(ConfigError, match=None) as refused:
+    with pytest.raises(ConfigError) as refused:
         planned(environ, backend, **changes)
     assert expected in str(refused.value)
     assert "\n" not in str(refused.value)
@@ -211,6 +209,20 @@ def test_the_jax_backend_installs_at_the_locked_versions() -> None:
     assert pins == {name: locked[name] for name in pins}
     gpu = f'"jax[cuda12]=={pins["jax"]}"'
     assert gpu in text and gpu in (REPO / "README.md").read_text()
+
+
+def test_readme_quotes_the_distribution_benchmark() -> None:
+    """The README's figures are benchmarks/DISTRIBUTION.md's, row for row."""
+    measured = (REPO / "benchmarks" / "DISTRIBUTION.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in measured.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 5  # a header and four setups
+    for row in rows[1:]:
+        distribution, backend, processes, epoch_s, _, _, accuracy = (
+            cell.strip() for cell in row.strip("|").split("|")
+        )
+        quoted = f"| {distribution} | {backend} | {processes} | {epoch_s} | {accuracy} |"
+        assert quoted in readme
 
 
 # Real jobs -----------------------------------------------------------------------------------
@@ -376,7 +388,8 @@ def test_losing_a_process_fails_the_other_within_bounds(
         for process in job:
             process.kill()
             process.communicate()
-    assert time.monotonic() - struck_at < 60
+    # About a second when a peer's connection closes; the bound leaves room for a busy machine.
+    assert time.monotonic() - struck_at < 20
     assert survivor.returncode == 1, (seen + rest)[-3000:]
     (line,) = error_lines(rest)
     assert line.startswith(f"error: process {1 - victim} of 2 stopped training:"), line
@@ -405,7 +418,8 @@ def test_a_process_waiting_for_the_job_stops_on_a_signal(
         for line in alone.stderr:
             if "joining the job" in line:
                 break
-        time.sleep(2)  # inside JAX's join by now
+        # The line comes just before JAX's join starts; two seconds later it is waiting there.
+        time.sleep(2)
         alone.send_signal(how)
         struck_at = time.monotonic()
         _, err = alone.communicate(timeout=30)
@@ -414,6 +428,9 @@ def test_a_process_waiting_for_the_job_stops_on_a_signal(
         alone.kill()
     assert time.monotonic() - struck_at < 10
     assert alone.returncode == (143 if how == signal.SIGTERM else 130), err[-3000:]
+    said = "terminated" if how == signal.SIGTERM else "interrupted"
+    assert f"{said}; no output was left half-written" in err
+    assert "Traceback" not in err and "Check failure" not in err
 
 
 @pytest.mark.slow
