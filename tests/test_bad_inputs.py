@@ -453,7 +453,7 @@ CASES = [
     Case(
         "model-too-large-for-memory",
         stage("train"),
-        "model.hidden_units [100000000] (with model.conv_filters for cnn, and train.batch_size",
+        "model.hidden_units [100000000] (with train.batch_size 16) needs about",
         lambda ws: set_params(ws, model__hidden_units=[100_000_000]),
         exit_code=2,
     ),
