@@ -1,7 +1,8 @@
 """Classifying image files with a trained model: the work behind `python -m mlpipe.predict`.
 
 The model comes from a `.keras` file or from the MLflow registry (the champion by default),
-loaded in Keras safe mode. Images are decoded one at a time and predicted in chunks, so memory
+run in NumPy when it is built of this project's layers (mlpipe.forward), loaded in Keras safe
+mode otherwise. Images are decoded one at a time and predicted in chunks, so memory
 stays flat however many files are given; outputs that hold NaN or infinity are refused.
 """
 
@@ -47,15 +48,16 @@ def default_model_uri(layout: Layout, dataset: str | None) -> tuple[str, str]:
 
 
 def load_model(layout: Layout, source: str) -> tuple[Any, str]:
-    """A Keras model from a `.keras` file or an MLflow model URI, loaded in safe mode, and
-    which one it is: the file, or the registered model's name and version (an alias is
-    resolved to its version first, so the label is the model that answers)."""
-    from mlpipe.model_files import load_keras_model
+    """A model from a `.keras` file or an MLflow model URI, ready to predict (mlpipe.forward, or
+    Keras in safe mode), and which one it is: the file, or the registered model's name and
+    version (an alias is resolved to its version first, so the label is the model that
+    answers)."""
+    from mlpipe.model_files import load_for_inference
 
     if "://" not in source and not source.startswith(("models:", "runs:")):
         if Path(source).is_dir():
             raise ModelError(f"{source}: is a directory; give a .keras file or an MLflow model URI")
-        return load_keras_model(Path(source)), source
+        return load_for_inference(Path(source)), source
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -100,7 +102,7 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
         # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
         for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
             if path.is_file():
-                return load_keras_model(path), label
+                return load_for_inference(path), label
         raise ModelError(
             f"model {source} holds no Keras model (no artifacts/model.keras); were its files "
             "under mlartifacts/ deleted or moved?"

@@ -21,6 +21,8 @@ from mlpipe.errors import ModelError, first_line
 if TYPE_CHECKING:
     import keras
 
+    from mlpipe.forward import NumpyModel
+
 # A Keras archive holds a config, a metadata file, the weights and maybe a few assets.
 MAX_MEMBERS = 1_000
 # This project's models are megabytes; 2 GiB leaves room for far larger ones.
@@ -91,6 +93,27 @@ def _read_directory(path: Path) -> None:
         raise ModelError(f"{path}: not a Keras archive (no config.json inside)")
 
 
+def load_for_inference(path: Path) -> NumpyModel | keras.Model:
+    """The model in a `.keras` archive, ready to predict, checked as `load_keras_model` checks.
+
+    A model of the layers this project builds runs in NumPy (`mlpipe.forward`), without
+    importing TensorFlow; any other is loaded by Keras, in safe mode. Both give the same
+    `input_shape`, `output_shape` and `predict`.
+    """
+    _require_regular_file(path)
+    _read_directory(path)
+    from mlpipe import forward
+
+    try:
+        return forward.read(path)
+    except forward.Unsupported:
+        return load_keras_model(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ModelError(f"{path}: damaged Keras archive ({exc})") from exc
+    except Exception as exc:  # json, h5py and a missing or misshapen weight raise many types.
+        raise ModelError(f"{path}: cannot be loaded ({first_line(exc)})") from exc
+
+
 def load_keras_model(path: Path) -> keras.Model:
     """Load a `.keras` archive for inference: no compile, `safe_mode` on (no Lambda code).
 
@@ -120,7 +143,9 @@ def load_keras_model(path: Path) -> keras.Model:
         raise ModelError(f"{path}: cannot be loaded ({first_line(exc)})") from exc
 
 
-def check_output_count(model: keras.Model, num_classes: int, source: str, fix: str) -> None:
+def check_output_count(
+    model: NumpyModel | keras.Model, num_classes: int, source: str, fix: str
+) -> None:
     """Refuse a model made for another dataset (another class count) before it is used."""
     shape = model.output_shape
     if not isinstance(shape, tuple):

@@ -32,7 +32,7 @@ from mlpipe.images import ImageInputError, check_image
 from mlpipe.inference import Prediction, classify, default_model_uri, load_model
 from mlpipe.model_files import check_output_count
 from mlpipe.paths import HERE, Layout
-from mlpipe.runner import DEBUG_ENV
+from mlpipe.runner import DEBUG_ENV, exit_without_collecting
 
 log = logging.getLogger("predict")
 # Characters that must never reach a terminal raw: controls (newline, escape), format
@@ -128,4 +128,4 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

@@ -33,13 +33,14 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     record = RunRecord.read(layout.run_record_file)
     x_test, y_test = load_split(layout, "test", spec)
 
-    # TensorFlow is imported with the model, once the cheap checks have passed.
-    from mlpipe.model_files import check_output_count, load_keras_model
+    # The model's layers run in NumPy (mlpipe.forward): TensorFlow is imported only for a
+    # model built of others, once the cheap checks have passed.
+    from mlpipe.model_files import check_output_count, load_for_inference
     from mlpipe.registry import promote
     from mlpipe.runs import attached_run, connect
 
     source = layout.model_file
-    model = load_keras_model(source)
+    model = load_for_inference(source)
     if tuple(model.input_shape[1:]) != spec.image_shape:
         raise ModelError(
             f"{source}: takes images of shape {tuple(model.input_shape[1:])}, "

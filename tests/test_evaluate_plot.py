@@ -93,7 +93,7 @@ print("HEAVY", heavy)
 """
 
 
-@pytest.mark.parametrize("stage", ["download", "preprocess", "plot"])
+@pytest.mark.parametrize("stage", ["download", "preprocess", "evaluate", "plot"])
 def test_stage_does_not_import_tensorflow(evaluated: Path, stage: str) -> None:
     """Each of these stages runs its whole main without TensorFlow or Keras being imported.
 

@@ -89,6 +89,29 @@ def test_tutorial_accuracy_and_metrics_show(repro: tuple[Path, str]) -> None:
     assert str(metrics["test_accuracy"]) in shown.stdout
 
 
+def test_evaluate_reports_what_keras_would(repro: tuple[Path, str]) -> None:
+    """evaluate runs the model in NumPy (mlpipe.forward): its metrics file and predicted classes
+    are Keras's own, to every digit the file keeps, on the real model and test set."""
+    import keras
+    import pandas as pd
+
+    from mlpipe.datasets import SPECS
+    from mlpipe.evaluation import evaluate
+
+    repo, _ = repro
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    model = keras.saving.load_model(repo / "models/model.keras", compile=False)
+    with np.load(repo / "data/processed/test.npz") as test:
+        x_test, y_test = test["x"], test["y"]
+    probabilities = model.predict(x_test, batch_size=1000, verbose=0)
+    report = evaluate(y_test, probabilities, SPECS["mnist"].class_names)
+    assert {key: metrics[key] for key in report.metrics} == report.metrics
+    written = pd.read_csv(repo / "reports/predictions.csv")
+    np.testing.assert_array_equal(written["predicted"], report.predictions["predicted"])
+    # Float32 sums in another order: probabilities agree to about a millionth.
+    np.testing.assert_allclose(written["probability"], report.predictions["probability"], atol=3e-6)
+
+
 def test_champion_classifies_raw_real_digits(repro: tuple[Path, str]) -> None:
     import mlflow
 
