@@ -14,18 +14,24 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from mlpipe.background import alongside
 from mlpipe.config import Params, load_params
-from mlpipe.datasets import SPECS
+from mlpipe.datasets import SPECS, DatasetSpec
 from mlpipe.errors import DataError
 from mlpipe.paths import HERE, Layout
 from mlpipe.run_record import RunRecord
 from mlpipe.runner import run_stage
 from mlpipe.splits import load_split
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger("plot")
 
@@ -46,6 +52,34 @@ def read_table(path: Path, columns: set[str]) -> pd.DataFrame:
 def main(layout: Layout = HERE, params: Params | None = None) -> None:
     params = params or load_params(layout.params_file)
     spec = SPECS[params.base.dataset]
+    record = RunRecord.read(layout.run_record_file)
+    # MLflow's import and the store's opening run in a second process while the figures are
+    # drawn here (mlpipe.background); it logs them when they are ready.
+    with alongside(lambda: _connect(layout, record), _log_figures) as log_figures:
+        _draw_and_log(layout, params, spec, record, log_figures)
+
+
+def _connect(layout: Layout, record: RunRecord) -> MlflowClient:
+    from mlpipe.runs import connect
+
+    return connect(record.experiment_name, layout.workspace)[0]
+
+
+def _log_figures(client: MlflowClient, request: tuple[str, str]) -> None:
+    from mlpipe.runs import attached_run
+
+    run_id, folder = request
+    with attached_run(client, run_id) as tracker:
+        tracker.log_artifacts(Path(folder), "figures")
+
+
+def _draw_and_log(
+    layout: Layout,
+    params: Params,
+    spec: DatasetSpec,
+    record: RunRecord,
+    log_figures: Callable[[tuple[str, str]], None],
+) -> None:
     history = read_table(
         layout.history_file, {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
     )
@@ -53,7 +87,6 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         layout.predictions_file, {"index", "label", "predicted", "probability"}
     )
     confusion = read_table(layout.confusion_file, {"label"})
-    record = RunRecord.read(layout.run_record_file)
     x_train, y_train = load_split(layout, "train", spec)
     x_test, y_test = load_split(layout, "test", spec)
     if len(predictions) != len(y_test) or not np.array_equal(predictions["label"], y_test):
@@ -63,7 +96,6 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
 
     from mlpipe import figures
     from mlpipe.atomic import atomic_paths
-    from mlpipe.runs import attached_run, connect
 
     rng = np.random.default_rng(params.base.seed)
     samples = np.sort(
@@ -99,16 +131,14 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         ),
     }
     finals = [layout.figures_dir / name for name in built]
-    client, _ = connect(record.experiment_name, layout.workspace)
     with (
-        attached_run(client, record.run_id) as tracker,
         atomic_paths(*finals) as temps,
         tempfile.TemporaryDirectory(prefix="mlpipe-figures-") as scratch,
     ):
         for (name, figure), temp in zip(built.items(), temps, strict=True):
             figures.save_png(figure, temp)
             shutil.copyfile(temp, Path(scratch) / name)  # logged under its real name
-        tracker.log_artifacts(Path(scratch), "figures")
+        log_figures((record.run_id, scratch))
     # Only now that the new figures are in place: remove those this run does not make.
     for stale in layout.figures_dir.glob("*.png"):
         if stale.name not in built:

@@ -1,0 +1,127 @@
+"""A stage's MLflow work in a second process, started first, so it runs on the other core.
+
+Importing MLflow and opening the store take 2-3 s of one core (benchmarks/run.py); the plot
+stage draws its figures in about as long, and nothing of one needs the other until the end.
+(evaluate computes in under a second, less than its MLflow work: measured, a second process
+made it no faster.) `alongside(prepare, work)` forks a process that runs `prepare()` (connect)
+at once, then waits for the stage to hand it a payload (what to log) and runs
+`work(prepared, payload)`; the stage gets back the result, or the process's error raised in
+the stage as the same PipelineError. The stage's outputs still move into place only after that
+answer, so the workspace and the MLflow run never disagree.
+
+The second process is never killed by the stage: when the stage fails before it asks, the
+process sees its pipe close and stops, once what it is doing (maybe creating the store) is
+done. Ctrl-C reaches both (one process group); SIGTERM to the stage is passed on to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from mlpipe.errors import PipelineError, Terminated, TrackingError, first_line
+
+log = logging.getLogger(__name__)
+
+Prepared = TypeVar("Prepared")
+Result = TypeVar("Result")
+
+# After the stage is done with it: how long the process may take to finish what it is doing
+# (MLflow's own timeouts bound a call to a server).
+FINISH_TIMEOUT_S = 300
+
+
+class BackgroundError(TrackingError):
+    """The second process ended without an answer."""
+
+
+def _serve(
+    connection: Connection,
+    stage_end: Connection,
+    prepare: Callable[[], Any],
+    work: Callable[[Any, Any], Any],
+) -> None:
+    """The second process: prepare at once, then do the one piece of work it is handed."""
+    stage_end.close()  # the fork's copy: only the stage's may hold the pipe open
+    try:
+        prepared, failure = prepare(), None
+    except Exception as exc:  # kept for the stage, which hears of it when it asks
+        prepared, failure = None, exc
+    except (KeyboardInterrupt, Terminated):
+        os._exit(1)
+    try:
+        payload = connection.recv()
+    except (EOFError, OSError, KeyboardInterrupt, Terminated):
+        os._exit(0)  # the stage failed or was stopped before it asked: nothing to do
+    try:
+        if failure is not None:
+            raise failure
+        answer: tuple[str, Any] = ("done", work(prepared, payload))
+    except PipelineError as exc:
+        answer = ("error", exc)
+    except Exception as exc:  # anything else is a bug: the stage shows it as one line
+        if os.environ.get("MLPIPE_DEBUG", "") not in ("", "0"):
+            traceback.print_exc(file=sys.stderr)
+        answer = ("error", TrackingError(f"MLflow logging failed ({first_line(exc)})"))
+    except (KeyboardInterrupt, Terminated):
+        os._exit(1)
+    with suppress(OSError, ValueError):  # the stage stopped listening: nothing to tell
+        connection.send(answer)
+    os._exit(0)
+
+
+@contextmanager
+def alongside(
+    prepare: Callable[[], Prepared], work: Callable[[Prepared, Any], Result]
+) -> Iterator[Callable[[Any], Result]]:
+    """Start `prepare` in a second process; yield `ask(payload)`, which runs `work` there.
+
+    Leaving the block waits for the process to end: it never outlives the stage.
+    """
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    # Children of a fork inherit the stage's signal handlers and logging; stdio is flushed
+    # first so nothing buffered is written twice.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    process = context.Process(target=_serve, args=(theirs, ours, prepare, work), daemon=True)
+    process.start()
+    theirs.close()
+
+    def ask(payload: Any) -> Result:
+        try:
+            ours.send(payload)
+            status, value = ours.recv()
+        except (EOFError, OSError):  # its end of the pipe closed, or reset
+            process.join()
+            raise BackgroundError(
+                f"the MLflow logging process ended without an answer (exit code "
+                f"{process.exitcode}); run the stage again"
+            ) from None
+        if status == "error":
+            raise value
+        return value
+
+    try:
+        yield ask
+    except (KeyboardInterrupt, Terminated) as exc:
+        # Passed on, in case it was sent to the stage alone (as `kill` does).
+        if process.is_alive():
+            sent = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+            os.kill(process.pid, sent)
+        raise
+    finally:
+        ours.close()
+        process.join(FINISH_TIMEOUT_S)
+        if process.is_alive():
+            log.error("the MLflow logging process did not finish; stopping it")
+            process.terminate()
+            process.join()
