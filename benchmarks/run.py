@@ -216,11 +216,18 @@ def per_stage(repo: Path, mirror: Path) -> list[dict]:
 def training_record(repo: Path) -> dict:
     """What the train stage recorded: fit and tracking seconds (MLflow tags), epochs, samples."""
     import numpy as np
-    from mlflow import MlflowClient
 
+    # In a process of its own: MLflow keeps a store's connections open per URI, and each round
+    # deletes mlflow.db and starts a new one at the same path.
+    read_tags = (
+        "import json, sys; from mlflow import MlflowClient; "
+        "client = MlflowClient(tracking_uri=sys.argv[1]); "
+        "print(json.dumps(client.get_run(sys.argv[2]).data.tags))"
+    )
     run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
     uri = f"sqlite:///{repo / 'mlflow.db'}"
-    tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    _, result = timed([sys.executable, "-c", read_tags, uri, run_id], repo)
+    tags = json.loads(result.stdout)
     epochs = len((repo / "reports/history.csv").read_text().strip().splitlines()) - 1
     with np.load(repo / "data/processed/train.npz") as train:
         samples = len(train["y"])

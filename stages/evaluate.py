@@ -7,6 +7,8 @@ Writes: reports/metrics.json (DVC metrics: test accuracy and loss), reports/per_
 per test image; the DVC confusion plot and the plot stage read it).
 MLflow: test metrics and tables on the run that trained the model; the registered version gets
 alias `challenger`, and `champion` when its test accuracy beats the current champion's.
+The model runs in NumPy (mlpipe.forward) when it is built of this project's layers: TensorFlow
+is not imported.
 Run: `dvc repro evaluate`, or `python -m stages.evaluate` from the repository root.
 """
 

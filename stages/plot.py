@@ -5,7 +5,8 @@ reports/predictions.csv; reports/confusion.csv; data/processed/{train,test}.npz;
 models/run.json (to attach the figures to the MLflow run).
 Writes: reports/figures/*.png: sample training images, accuracy and loss curves, a grid of
 test predictions, the confusion matrix, the most confidently wrong test images.
-Does not import TensorFlow.
+Does not import TensorFlow; MLflow's part runs in a second process while the figures are drawn
+(mlpipe.background).
 Run: `dvc repro plot`, or `python -m stages.plot` from the repository root.
 """
 
