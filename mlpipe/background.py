@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from mlpipe.errors import PipelineError, Terminated, TrackingError, first_line
+from mlpipe.runner import DEBUG_ENV
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def _serve(
 ) -> None:
     """The second process: prepare at once, then do the one piece of work it is handed."""
     stage_end.close()  # the fork's copy: only the stage's may hold the pipe open
+    _drop_inherited_connections()
     try:
         prepared, failure = prepare(), None
     except Exception as exc:  # kept for the stage, which hears of it when it asks
@@ -65,17 +67,37 @@ def _serve(
         if failure is not None:
             raise failure
         answer: tuple[str, Any] = ("done", work(prepared, payload))
-    except PipelineError as exc:
-        answer = ("error", exc)
-    except Exception as exc:  # anything else is a bug: the stage shows it as one line
-        if os.environ.get("MLPIPE_DEBUG", "") not in ("", "0"):
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             traceback.print_exc(file=sys.stderr)
-        answer = ("error", TrackingError(f"MLflow logging failed ({first_line(exc)})"))
+        answer = ("error", _as_pipeline_error(exc))
     except (KeyboardInterrupt, Terminated):
         os._exit(1)
-    with suppress(OSError, ValueError):  # the stage stopped listening: nothing to tell
+    try:
         connection.send(answer)
+    except (OSError, ValueError):
+        pass  # the stage stopped listening: nothing to tell
+    except Exception as exc:  # an answer that cannot be pickled: say so, in one line
+        with suppress(Exception):
+            connection.send(("error", _as_pipeline_error(exc)))
     os._exit(0)
+
+
+def _as_pipeline_error(exc: Exception) -> PipelineError:
+    """A PipelineError as it is; anything else (a bug) as one line the stage can show."""
+    if isinstance(exc, PipelineError):
+        return exc
+    return TrackingError(f"MLflow logging failed ({first_line(exc)})")
+
+
+def _drop_inherited_connections() -> None:
+    """A process that opened the store before the fork (a test running stages in-process)
+    left pooled connections this copy must not use: SQLite forbids sharing one across a fork.
+    A stage run as `python -m` has not imported MLflow yet: nothing to drop."""
+    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if store is not None:
+        for engine in store.SqlAlchemyStore._engine_map.values():
+            engine.dispose(close=False)  # forget them without closing the parent's
 
 
 @contextmanager
@@ -113,15 +135,23 @@ def alongside(
     try:
         yield ask
     except (KeyboardInterrupt, Terminated) as exc:
-        # Passed on, in case it was sent to the stage alone (as `kill` does).
+        # Passed on, in case it was sent to the stage alone (as `kill` does); Ctrl-C at a
+        # terminal reached both, so the process may be ending already.
+        process.join(0.2)
         if process.is_alive():
             sent = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
             os.kill(process.pid, sent)
         raise
     finally:
         ours.close()
-        process.join(FINISH_TIMEOUT_S)
+        process.join(1.0)
         if process.is_alive():
-            log.error("the MLflow logging process did not finish; stopping it")
+            log.info("waiting for the MLflow process to finish what it is doing")
+            process.join(FINISH_TIMEOUT_S)
+        if process.is_alive():
+            log.error("the MLflow process did not finish in %d s; stopping it", FINISH_TIMEOUT_S)
             process.terminate()
-            process.join()
+            process.join(5.0)
+            if process.is_alive():
+                process.kill()
+                process.join()

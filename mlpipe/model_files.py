@@ -110,6 +110,8 @@ def load_for_inference(path: Path) -> NumpyModel | keras.Model:
         return load_keras_model(path)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise ModelError(f"{path}: damaged Keras archive ({exc})") from exc
+    except MemoryError:
+        raise  # the runner's advice (smaller batches) fits it better
     except Exception as exc:  # json, h5py and a missing or misshapen weight raise many types.
         raise ModelError(f"{path}: cannot be loaded ({first_line(exc)})") from exc
 

@@ -57,7 +57,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     # MLflow's import and the store's opening run in a second process while the figures are
     # drawn here (mlpipe.background); it logs them when they are ready.
     with alongside(lambda: _connect(layout, record), _log_figures) as log_figures:
-        _draw_and_log(layout, params, spec, record, log_figures)
+        _draw_save_and_log(layout, params, spec, record, log_figures)
 
 
 def _connect(layout: Layout, record: RunRecord) -> MlflowClient:
@@ -74,7 +74,7 @@ def _log_figures(client: MlflowClient, request: tuple[str, str]) -> None:
         tracker.log_artifacts(Path(folder), "figures")
 
 
-def _draw_and_log(
+def _draw_save_and_log(
     layout: Layout,
     params: Params,
     spec: DatasetSpec,

@@ -17,24 +17,26 @@ from mlpipe.background import BackgroundError, alongside
 from mlpipe.errors import DataError, Terminated, TrackingError
 
 
-def test_work_gets_what_prepare_made_and_the_payload(tmp_path: Path) -> None:
+def test_work_gets_what_prepare_made_and_the_payload() -> None:
     with alongside(lambda: os.getpid(), lambda pid, payload: (pid, payload * 2)) as ask:
         pid, doubled = ask(21)
     assert doubled == 42
     assert pid != os.getpid()  # prepared in the second process
 
 
-def test_prepare_runs_while_the_stage_works(tmp_path: Path) -> None:
+def test_prepare_runs_while_the_stage_works() -> None:
+    """Two seconds of each, side by side: well under the four they would take in turn."""
+
     def prepare() -> float:
-        time.sleep(1.0)
+        time.sleep(2.0)
         return time.perf_counter()
 
     started = time.perf_counter()
     with alongside(prepare, lambda ready, _: ready) as ask:
-        time.sleep(1.0)  # the stage's own work, at the same time
+        time.sleep(2.0)  # the stage's own work, at the same time
         ready = ask(None)
-    assert time.perf_counter() - started < 1.8
-    assert ready - started >= 1.0
+    assert time.perf_counter() - started < 3.5
+    assert ready - started >= 2.0
 
 
 def test_an_error_of_the_work_is_raised_in_the_stage_as_it_was() -> None:
@@ -64,6 +66,14 @@ def test_a_bug_in_the_work_is_one_line() -> None:
     with pytest.raises(TrackingError) as error, alongside(lambda: None, work) as ask:
         ask(None)
     assert str(error.value) == "MLflow logging failed ('run_id')"
+
+
+def test_an_answer_that_cannot_be_sent_is_one_line() -> None:
+    with (
+        pytest.raises(TrackingError, match=r"^MLflow logging failed \(.*pickle"),
+        alongside(lambda: None, lambda *_: lambda: "a function cannot be pickled") as ask,
+    ):
+        ask(None)
 
 
 def test_a_stage_that_fails_first_has_nothing_logged(tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ from mlpipe.model_files import load_for_inference
 from tests.conftest import REPO
 
 SHAPES = {"mnist": (28, 28), "cifar10": (32, 32, 3)}
-SMALL = {"hidden_units": [24, 12], "conv_filters": [4, 6], "cnn_dense_units": 16}
+# Two Dense layers of one width (their weights must not be swapped), and three poolings: 28
+# pixels pool to 14, 7, then 3 (the odd row dropped), 32 to 16, 8, 4.
+SMALL = {"hidden_units": [16, 16], "conv_filters": [4, 6, 8], "cnn_dense_units": 16}
 
 
 def _images(shape: tuple[int, ...], count: int = 64) -> np.ndarray:
