@@ -128,6 +128,10 @@ def alongside(
                 f"the MLflow logging process ended without an answer (exit code "
                 f"{process.exitcode}); run the stage again"
             ) from None
+        except Exception as exc:  # an answer that pickled but cannot be rebuilt here
+            raise TrackingError(
+                f"the MLflow logging process's answer cannot be read ({first_line(exc)})"
+            ) from exc
         if status == "error":
             raise value
         return value

@@ -130,8 +130,12 @@ def read(path: Path) -> NumpyModel:
             key = f"layers/{name}_{used[name]}" if used[name] else f"layers/{name}"
             group = store.get(f"{key}/vars")
             variables = [np.asarray(group[str(i)]) for i in range(len(group))] if group else []
+            if layer.get("module") != "keras.layers" or layer.get("registered_name"):
+                raise Unsupported(f"layer {options.get('name')}, not one of Keras's own")
             if kind == "InputLayer":
                 shape = tuple(options["batch_shape"])
+                if None in shape[1:]:
+                    raise Unsupported(f"inputs of shape {shape[1:]}, of unknown sizes")
                 input_dtype = _input_dtype(options)
                 continue
             if input_dtype == "uint8" and not steps and kind != "Rescaling":
@@ -199,6 +203,9 @@ def _activation(name: Any) -> Step:
 
 
 def _expect(variables: list[Array], shapes: list[tuple[int, ...]], kind: str) -> None:
+    if any(v.dtype != np.float32 for v in variables):
+        # Keras casts (or refuses) other dtypes as it loads them: leave those to it.
+        raise Unsupported(f"{kind} weights of dtype {[str(v.dtype) for v in variables]}")
     if [v.shape for v in variables] != shapes:
         found = [v.shape for v in variables]
         raise ValueError(f"the {kind} layer's weights have shapes {found}, not {shapes}")

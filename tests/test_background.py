@@ -138,3 +138,19 @@ def test_sigterm_to_the_stage_stops_the_work_too(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 1.5
     time.sleep(2.0)
     assert not marker.exists()
+
+
+class _TwoArguments(TrackingError):
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(f"{first} {second}")
+
+
+def test_an_answer_that_cannot_be_rebuilt_is_one_line() -> None:
+    def work(*_: object) -> None:
+        raise _TwoArguments("store", "away")  # pickles, but not back: its arguments differ
+
+    with (
+        pytest.raises(TrackingError, match=r"^the MLflow logging process's answer cannot be read"),
+        alongside(lambda: None, work) as ask,
+    ):
+        ask(None)

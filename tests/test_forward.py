@@ -156,3 +156,53 @@ def test_damaged_weights_are_a_damaged_archive(tmp_path: Path) -> None:
 def test_no_images_give_no_rows(tmp_path: Path) -> None:
     path, _ = _saved(tmp_path, (28, 28))
     assert load_for_inference(path).predict(_images((28, 28), 0)).shape == (0, 10)
+
+
+def _sizes_unknown(path: Path) -> None:
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="softmax")(inputs)
+    keras.Model(inputs, x).save(path)
+
+
+def _a_dense_of_another_module(path: Path) -> None:
+    _, _ = _saved(path.parent, (28, 28))
+
+    def renamed(data: bytes) -> bytes:
+        config = json.loads(data)
+        layer = config["config"]["layers"][3]
+        layer["module"], layer["registered_name"] = "custom", "custom>Dense"
+        return json.dumps(config).encode()
+
+    _rewrite(path, "config.json", renamed)
+
+
+def _float64_weights(path: Path) -> None:
+    import h5py
+
+    _saved(path.parent, (28, 28))
+    with zipfile.ZipFile(path) as archive:
+        weights = archive.read("model.weights.h5")
+    scratch = path.parent / "weights.h5"
+    scratch.write_bytes(weights)
+    with h5py.File(scratch, "r+") as store:
+        kernel = store["layers/dense/vars/0"][()]
+        del store["layers/dense/vars/0"]
+        store["layers/dense/vars/0"] = kernel.astype("float64")
+    _rewrite(path, "model.weights.h5", lambda _: scratch.read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (_sizes_unknown, "of unknown sizes"),
+        (_a_dense_of_another_module, "not one of Keras's own"),
+        (_float64_weights, "Dense weights of dtype"),
+    ],
+)
+def test_what_keras_would_read_otherwise_is_left_to_keras(
+    tmp_path: Path, build, reason: str
+) -> None:
+    path = tmp_path / "model.keras"
+    build(path)
+    with pytest.raises(forward.Unsupported, match=reason):
+        forward.read(path)
