@@ -107,7 +107,7 @@ def load_for_inference(path: Path) -> NumpyModel | keras.Model:
     try:
         return forward.read(path)
     except forward.Unsupported:
-        return load_keras_model(path)
+        return _load_with_keras(path)  # checked above
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise ModelError(f"{path}: damaged Keras archive ({exc})") from exc
     except MemoryError:
@@ -125,6 +125,11 @@ def load_keras_model(path: Path) -> keras.Model:
     """
     _require_regular_file(path)
     _read_directory(path)
+    return _load_with_keras(path)
+
+
+def _load_with_keras(path: Path) -> keras.Model:
+    """`load_keras_model` for an archive whose file and directory are already checked."""
     from mlpipe.backend import import_keras
 
     keras = import_keras()
