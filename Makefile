@@ -56,8 +56,9 @@ screenshots: setup-dev
 check-lock: setup
 	python scripts/check_lock.py
 
+# Style, formatting, and the layers' import contracts (pyproject.toml's [tool.importlinter]).
 lint: setup-dev
-	ruff check . && ruff format --check .
+	ruff check . && ruff format --check . && lint-imports
 
 # The whole transitive set, pinned for every platform, from the readable top-level lists.
 lock: setup

@@ -441,7 +441,8 @@ def write(rows: list[Row], stages: list[dict], seconds: float) -> None:
         ),
         "",
         "plot's imports include its second process's (MLflow's, beside the drawing: "
-        "mlpipe.background), so they can exceed its wall time; its peak memory is its own.",
+        "mlpipe.tracking.mlflow_process), so they can exceed its wall time; its peak memory is its "
+        "own.",
         "",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(lines))

@@ -16,7 +16,7 @@ import yaml
 from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlpipe.datasets import SPECS
+from mlpipe.data.specs import SPECS
 from mlpipe.errors import ConfigError, first_line
 
 DATASETS = tuple(SPECS)

@@ -6,11 +6,11 @@
 
 By default the model is the champion of the dataset named in params.yaml. Images may be PNG,
 JPEG or TIFF of any size and depth; for 28x28 models they are converted as MNIST was made (see
-mlpipe.images). Every file is checked before the model loads, so a bad one fails fast; then the
-images are decoded one at a time and predicted in chunks, so memory stays flat however many
-files are given. A model whose outputs do not match the dataset's classes, or hold NaN or
-infinite values, is refused. File names are printed with control characters and undecodable
-bytes escaped (in JSON, as JSON escapes them).
+mlpipe.inference.images). Every file is checked before the model loads, so a bad one fails
+fast; then the images are decoded one at a time and predicted in chunks, so memory stays flat
+however many files are given. A model whose outputs do not match the dataset's classes, or
+hold NaN or infinite values, is refused. File names are printed with control characters and
+undecodable bytes escaped (in JSON, as JSON escapes them).
 Exit codes: 0 done; 1 a bad image or model; 2 bad arguments.
 """
 
@@ -26,11 +26,12 @@ import unicodedata
 from pathlib import Path
 
 from mlpipe.config import DATASETS
-from mlpipe.datasets import SPECS
+from mlpipe.data.specs import SPECS
 from mlpipe.errors import ConfigError, PipelineError, redact
-from mlpipe.images import ImageInputError, check_image
-from mlpipe.inference import Prediction, classify, default_model_uri, load_model
-from mlpipe.model_files import check_output_count
+from mlpipe.inference.classify import Prediction, classify
+from mlpipe.inference.images import ImageInputError, check_image
+from mlpipe.inference.model_source import default_model_uri, load_model
+from mlpipe.model.loading import check_output_count
 from mlpipe.paths import HERE, Layout
 from mlpipe.runner import DEBUG_ENV, exit_without_collecting
 

@@ -31,8 +31,31 @@ QUIETED_LOGGERS = ("mlflow.store.db.utils", "mlflow.utils.async_logging")
 WARNING_ONLY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "urllib3", "jax")
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+# The stop signal this stage received and has not yet ended for. Python runs a signal's handler
+# between any two bytecodes, finalizers (`__del__`, weakref callbacks) included, and an
+# exception raised there is printed and dropped: a stage whose handler ran inside one of
+# JAX's or Keras's finalizers would train on. So the signal is also remembered, and training
+# raises it again at the end of each epoch (`raise_if_stopped`).
+_stopped_by: int | None = None
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    global _stopped_by
+    _stopped_by = signum
+    _raise_stop(signum)
+
+
+def _raise_stop(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(f"received signal {signum}")
+
+
+def raise_if_stopped() -> None:
+    """Raise what a SIGINT or SIGTERM received by this stage raised, if it was lost on the way
+    (dropped in a finalizer); nothing otherwise."""
+    if _stopped_by is not None:
+        _raise_stop(_stopped_by)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -80,8 +103,8 @@ def configure_logging() -> None:
         # one line (and its background metric writer another); MLPIPE_DEBUG=1 shows them.
         for name in QUIETED_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    # Keep TensorFlow's C++ start-up chatter out of the stage logs (mlpipe.backend drops the
-    # lines that this setting cannot reach).
+    # Keep TensorFlow's C++ start-up chatter out of the stage logs (mlpipe.model.keras_import
+    # drops the lines that this setting cannot reach).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # MLflow prints run links to standard output; the log's run line carries the link instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -92,10 +115,13 @@ def execute(name: str, main: Callable[[], None]) -> int:
 
     Errors a user can act on are one line; `MLPIPE_DEBUG=1` prints the whole traceback first.
     SIGTERM is turned into an exception, so `finally` blocks (temp files, MLflow runs) run for
-    it just as they do for Ctrl-C.
+    it just as they do for Ctrl-C; both are remembered until the stage ends, for
+    `raise_if_stopped`.
     """
+    global _stopped_by
     configure_logging()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _stopped_by = None
+    previous = {sent: signal.signal(sent, _stop) for sent in (signal.SIGTERM, signal.SIGINT)}
     log = logging.getLogger(name)
     try:
         main()
@@ -118,7 +144,9 @@ def execute(name: str, main: Callable[[], None]) -> int:
         # Disk full, permission denied, a file where a folder should be: the user's to fix.
         return _fail(describe_os_error(exc), 1)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _stopped_by = None
+        for sent, handler in previous.items():
+            signal.signal(sent, handler)
     return 0
 
 

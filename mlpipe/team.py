@@ -33,9 +33,11 @@ from mlpipe.config import DATASETS, load_params, registered_model_name
 from mlpipe.errors import ConfigError, TrackingError
 from mlpipe.paths import HERE
 from mlpipe.runner import execute
-from mlpipe.runs import EXPERIMENT_TAGS
-from mlpipe.server_access import refused_status
-from mlpipe.store import check_reachable, shown_uri, tracking_failure
+from mlpipe.tracking.failures import tracking_failure
+from mlpipe.tracking.reachability import check_reachable
+from mlpipe.tracking.runs import EXPERIMENT_TAGS
+from mlpipe.tracking.server_access import refused_status
+from mlpipe.tracking.store import shown_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

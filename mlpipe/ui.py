@@ -23,14 +23,10 @@ from mlpipe.config import load_params
 from mlpipe.errors import TrackingError
 from mlpipe.paths import HERE, Layout
 from mlpipe.runner import execute
-from mlpipe.store import (
-    check_reachable,
-    prepare,
-    readable,
-    shown_uri,
-    tracking_failure,
-    tracking_uri,
-)
+from mlpipe.tracking.failures import tracking_failure
+from mlpipe.tracking.reachability import check_reachable
+from mlpipe.tracking.snapshot import reading
+from mlpipe.tracking.store import shown_uri, tracking_uri
 
 log = logging.getLogger("ui")
 
@@ -43,8 +39,10 @@ def runs_link(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{RUNS_VIEW}"
 
 
-def experiment_id(uri: str, name: str) -> str:
-    """The id of experiment `name` in the store at `uri`; TrackingError if it has none yet."""
+def experiment_id(uri: str, name: str, shown: str | None = None) -> str:
+    """The id of experiment `name` in the store at `uri` (`shown` in messages, when `uri` is a
+    reader's copy of it); TrackingError if it has none yet."""
+    shown = shown or uri
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
@@ -52,10 +50,10 @@ def experiment_id(uri: str, name: str) -> str:
     try:
         experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
     except (MlflowException, SQLAlchemyError) as exc:
-        raise TrackingError(tracking_failure(exc, uri)) from exc
+        raise TrackingError(tracking_failure(exc, shown)) from exc
     if experiment is None:
         raise TrackingError(
-            f"{shown_uri(uri)} has no experiment {name!r} yet; run the pipeline first (dvc repro)"
+            f"{shown_uri(shown)} has no experiment {name!r} yet; run the pipeline first (dvc repro)"
         )
     return experiment.experiment_id
 
@@ -74,9 +72,16 @@ def main(layout: Layout = HERE, argv: list[str] | None = None) -> None:
         server = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         print(runs_link(server, experiment_id(uri, name)))
         return
-    prepare(uri, write=False)  # never creates a store; refuses a broken one in one line
-    with readable(uri) as reading:
-        found = experiment_id(reading, name)
+    # Read through a copy: the UI's start changes nothing; a broken store is one line.
+    with reading(uri) as store:
+        found = experiment_id(store.uri, name, shown=uri)
+    for former in store.moved_from:
+        log.warning(
+            "%s was moved from %s: the UI shows its runs' figures and models once a stage has "
+            "run here and pointed the store at this folder (`dvc repro -f plot` takes seconds)",
+            uri.removeprefix("sqlite:///"),
+            former,
+        )
     url = f"http://127.0.0.1:{args.port}"
     log.info("open %s (Ctrl-C stops the UI)", runs_link(url, found))
     sys.stderr.flush()

@@ -122,7 +122,7 @@ def capture(workspace: Path, out: Path) -> dict[str, Path]:
 
     sys.path.insert(0, str(ROOT))
     from mlpipe.config import load_params
-    from mlpipe.store import tracking_uri
+    from mlpipe.tracking.store import tracking_uri
 
     params = load_params(workspace / "params.yaml")
     client = MlflowClient(tracking_uri=tracking_uri(workspace.resolve()))

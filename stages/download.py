@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from mlpipe.config import Params, load_params
-from mlpipe.datasets import SPECS
-from mlpipe.download import download_dataset
+from mlpipe.data.download import download_dataset
+from mlpipe.data.specs import SPECS
 from mlpipe.paths import HERE, Layout
 from mlpipe.runner import run_stage
 

@@ -7,8 +7,8 @@ Writes: reports/metrics.json (DVC metrics: test accuracy and loss), reports/per_
 per test image; the DVC confusion plot and the plot stage read it).
 MLflow: test metrics and tables on the run that trained the model; the registered version gets
 alias `challenger`, and `champion` when its test accuracy beats the current champion's.
-The model runs in NumPy (mlpipe.forward) when it is built of this project's layers: TensorFlow
-is not imported.
+The model runs in NumPy (mlpipe.model.numpy_forward) when it is built of this project's
+layers: TensorFlow is not imported.
 Run: `dvc repro evaluate`, or `python -m stages.evaluate` from the repository root.
 """
 
@@ -18,13 +18,13 @@ import logging
 
 from mlpipe.atomic import atomic_paths, json_text
 from mlpipe.config import Params, load_params
-from mlpipe.datasets import SPECS
+from mlpipe.data.specs import SPECS
+from mlpipe.data.splits import dataset_input, load_split
 from mlpipe.errors import ModelError
-from mlpipe.evaluation import check_model_outputs, evaluate
 from mlpipe.paths import HERE, Layout
-from mlpipe.run_record import RunRecord
+from mlpipe.report.evaluation import check_model_outputs, evaluate
 from mlpipe.runner import run_stage
-from mlpipe.splits import dataset_input, load_split
+from mlpipe.tracking.run_json import RunRecord
 
 log = logging.getLogger("evaluate")
 
@@ -35,11 +35,11 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     record = RunRecord.read(layout.run_record_file)
     x_test, y_test = load_split(layout, "test", spec)
 
-    # The model's layers run in NumPy (mlpipe.forward): TensorFlow is imported only for a
-    # model built of others, once the cheap checks have passed.
-    from mlpipe.model_files import check_output_count, load_for_inference
-    from mlpipe.registry import promote
-    from mlpipe.runs import attached_run, connect
+    # The model's layers run in NumPy (mlpipe.model.numpy_forward): TensorFlow is imported only
+    # for a model built of others, once the cheap checks have passed.
+    from mlpipe.model.loading import check_output_count, load_for_inference
+    from mlpipe.tracking.promotion import promote
+    from mlpipe.tracking.runs import attached_run, connect
 
     source = layout.model_file
     model = load_for_inference(source)

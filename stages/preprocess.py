@@ -14,9 +14,10 @@ import numpy as np
 
 from mlpipe.atomic import atomic_paths
 from mlpipe.config import Params, load_params
-from mlpipe.datasets import SPECS, read_raw
+from mlpipe.data.preprocessing import class_summary, preprocess
+from mlpipe.data.raw import read_raw
+from mlpipe.data.specs import SPECS
 from mlpipe.paths import HERE, SPLITS, Layout
-from mlpipe.preprocessing import class_summary, preprocess
 from mlpipe.runner import run_stage
 
 log = logging.getLogger("preprocess")

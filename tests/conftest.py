@@ -37,7 +37,7 @@ def isolated_env(
     monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
     for name in ISOLATED_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("mlpipe.download.BACKOFF_S", 0.01)
+    monkeypatch.setattr("mlpipe.data.transfer.BACKOFF_S", 0.01)
     yield
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
@@ -291,24 +291,96 @@ def real_workspace(folder: Path, **params: object) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace where the train stage has run on tiny processed data, once per module."""
+# Worlds: each is built once per test session, and every test that writes works on a copy of
+# it (`copy_of`). Building one means training (seconds each, many tests need one).
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace (a git repository, its params committed) where train ran on tiny data."""
     workspace = quick_workspace(tmp_path_factory.mktemp("trained") / "ws")
+    run_git(workspace, "init", "-q")
+    run_git(workspace, "add", "params.yaml")
+    run_git(workspace, "commit", "-q", "-m", "params")
     result = run_stage(workspace, "train")
     assert result.returncode == 0, result.stderr[-3000:]
     return workspace
 
 
-@pytest.fixture
-def trained(trained_once: Path, tmp_path: Path) -> Path:
-    """A test's own copy of the module's trained workspace (its store follows the copy)."""
-    from mlpipe.store import prepare, tracking_uri
+@pytest.fixture(scope="session")
+def evaluated_world(trained_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained world after evaluate, which made its model the champion."""
+    workspace = copy_of(trained_world, tmp_path_factory.mktemp("evaluated") / "ws")
+    result = run_stage(workspace, "evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no version held champion" in result.stderr
+    return workspace
 
-    copy = Path(shutil.copytree(trained_once, tmp_path / "trained", symlinks=True))
+
+@pytest.fixture(scope="session")
+def complete_world(evaluated_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The evaluated world after plot: every stage has run once."""
+    workspace = copy_of(evaluated_world, tmp_path_factory.mktemp("complete") / "ws")
+    result = run_stage(workspace, "plot")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workspace
+
+
+def copy_of(world: Path, destination: Path, *, follow: bool = True) -> Path:
+    """A copy of a world at `destination`, as `cp -a` makes it; with `follow`, its store already
+    points at the copy's own artifacts, as the next writing stage would make it."""
+    from mlpipe.tracking.relocation import relocate
+
+    copy = Path(shutil.copytree(world, destination, symlinks=True))
     forget_mlflow_state()
-    prepare(tracking_uri(copy))  # as the next stage would: the copy's store follows it
+    if follow and (copy / "mlflow.db").exists():
+        relocate(copy / "mlflow.db")
     return copy
+
+
+@pytest.fixture
+def trained(trained_world: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the trained world."""
+    return copy_of(trained_world, tmp_path / "trained")
+
+
+@pytest.fixture
+def evaluated(evaluated_world: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the evaluated world."""
+    return copy_of(evaluated_world, tmp_path / "evaluated")
+
+
+@pytest.fixture
+def complete(complete_world: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the complete world."""
+    return copy_of(complete_world, tmp_path / "complete")
+
+
+SMALL_REPRO = {"preprocess__train_fraction": 0.05, "train__epochs": 2}
+
+
+@pytest.fixture(scope="session")
+def small_repro_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone of the project where `dvc repro` ran on 5% of real MNIST for 2 epochs, its
+    results committed: the DVC-level tests start from copies of it."""
+    from tests.fakes import set_params
+
+    if not HAS_MIRROR:
+        pytest.skip(f"real MNIST mirror not found at {MIRROR} (../shared/data)")
+    repo = project_copy(tmp_path_factory.mktemp("small-repro") / "repo")
+    set_params(repo, **SMALL_REPRO)
+    result = dvc(repo, "repro", DATA_MIRROR=str(MIRROR))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (repo.parent / "repro.log").write_text(result.stdout + result.stderr)  # what DVC said
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "baseline")
+    return repo
+
+
+@pytest.fixture
+def small_repro(small_repro_world: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the small repro (its DVC cache and MLflow store with it)."""
+    return copy_of(small_repro_world, tmp_path / "repo")
 
 
 def client_for(workspace: Path):

@@ -17,16 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlpipe.datasets import (
-    CIFAR10,
-    FASHION_MNIST,
-    MANIFEST,
-    MNIST,
-    DatasetSpec,
-    content_md5,
-    idx_encode,
-    manifest_text,
-)
+from mlpipe.data.formats import content_md5, idx_encode
+from mlpipe.data.raw import MANIFEST, manifest_text
+from mlpipe.data.specs import CIFAR10, FASHION_MNIST, MNIST, DatasetSpec
 
 
 def tiny_arrays(

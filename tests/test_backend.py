@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe.backend import native_notices_left_out, without_notices
+from mlpipe.model.keras_import import native_notices_left_out, without_notices
 from tests.conftest import REPO, quick_workspace, run_stage_process, stage_env
 
 NOTICES = (
@@ -47,7 +47,11 @@ def test_native_output_is_written_back_without_the_notices(
 
 def test_import_keras_prints_no_notice() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from mlpipe.backend import import_keras; print(import_keras())"],
+        [
+            sys.executable,
+            "-c",
+            "from mlpipe.model.keras_import import import_keras; print(import_keras())",
+        ],
         cwd=REPO,
         env={**stage_env(), "TF_CPP_MIN_LOG_LEVEL": "0"},
         capture_output=True,

@@ -1,4 +1,4 @@
-"""mlpipe.background: a stage's MLflow work in a second process, and how that can fail.
+"""mlpipe.tracking.mlflow_process: a stage's MLflow work in a second process, and how that can fail.
 
 The prepare and work functions here stand in for MLflow's: they write marker files, sleep or
 fail, so each test sees what the second process did and did not do.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe.background import BackgroundError, alongside
 from mlpipe.errors import DataError, Terminated, TrackingError
+from mlpipe.tracking.mlflow_process import BackgroundError, alongside
 
 
 def test_work_gets_what_prepare_made_and_the_payload() -> None:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import chdir
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,6 @@ import pytest
 from PIL import Image
 
 from tests.conftest import (
-    QUICK,
-    REPO,
     StageResult,
     error_lines,
     run_predict,
@@ -65,7 +64,9 @@ keras.Model(inputs, outputs).save("models/model.keras")
 
 
 def run_python(ws: Path, code: str) -> None:
-    subprocess.run([sys.executable, "-c", code], cwd=ws, env=stage_env(), check=True)
+    """Damage `ws` with `code`, run in this process (Keras and MLflow are loaded already)."""
+    with chdir(ws):
+        exec(code, {})
 
 
 def foreign_sqlite(path: Path) -> None:
@@ -559,17 +560,9 @@ def snapshot(ws: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def complete(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace after every stage has run once on tiny data."""
-    ws = tmp_path_factory.mktemp("complete")
-    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+def with_raw(ws: Path) -> Path:
+    """A copy of the complete world (conftest) with the raw files download leaves, too."""
     write_raw(ws / "data/raw/mnist", "mnist")
-    write_processed(ws)
-    set_params(ws, **QUICK)
-    for name in ("train", "evaluate", "plot"):
-        result = run_stage(ws, name)
-        assert result.returncode == 0, result.stderr[-3000:]
     return ws
 
 
@@ -596,7 +589,7 @@ def run_case(case: Case, ws: Path) -> StageResult | subprocess.CompletedProcess[
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input(case: Case, complete: Path, tmp_path: Path) -> None:
-    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
+    ws = with_raw(complete)
     case.damage(ws)
     before = snapshot(ws)
     result = run_case(case, ws)
@@ -621,7 +614,7 @@ def test_exit_code_contract_of_a_real_process(
     complete: Path, tmp_path: Path, stage: str, damage: Callable[[Path], None], exit_code: int
 ) -> None:
     """The exit codes DVC sees, from `python -m stages.<name>` in its own process."""
-    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
+    ws = with_raw(complete)
     damage(ws)
     if exit_code == 2:
         set_params(ws, train__epochs=-1)
@@ -632,7 +625,7 @@ def test_exit_code_contract_of_a_real_process(
 
 
 def test_debug_switch_prints_the_traceback_behind_the_line(complete: Path, tmp_path: Path) -> None:
-    ws = Path(shutil.copytree(complete, tmp_path / "ws"))
+    ws = with_raw(complete)
     (ws / "models/run.json").unlink()
     quiet = run_stage(ws, "evaluate")
     loud = run_stage(ws, "evaluate", MLPIPE_DEBUG="1")

@@ -1,4 +1,4 @@
-"""The README's performance figures are those of the latest benchmark run (benchmarks/)."""
+"""docs/performance.md's figures are those of the latest benchmark run (benchmarks/)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import REPO
 
-TIMES = "\N{MULTIPLICATION SIGN}"  # as the README writes a ratio (1.31 and this sign)
-# README row label: (benchmarks/results.csv measure, how the README shows its value)
+TIMES = "\N{MULTIPLICATION SIGN}"  # as docs/performance.md writes a ratio (1.31 and this sign)
+# docs/performance.md row label: (benchmarks/results.csv measure, how the README shows its value)
 QUOTED = {
     "bare tutorial script": ("baseline (bare tutorial script), median", "{:.1f} s"),
     "`dvc repro` from a clean state": ("dvc repro from a clean state, median", "{:.1f} s"),
@@ -37,10 +37,8 @@ def _measured() -> dict[str, float]:
 
 
 def _readme_rows() -> dict[str, list[str]]:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Performance") : text.index("## Layout")]
     rows = {}
-    for line in section.splitlines():
+    for line in (REPO / "docs" / "performance.md").read_text().splitlines():
         if line.startswith("| ") and "---" not in line:
             cells = [cell.strip() for cell in line.strip("|").split("|")]
             rows[cells[0]] = cells[1:]
@@ -48,7 +46,7 @@ def _readme_rows() -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("label", sorted(QUOTED))
-def test_readme_quotes_the_latest_benchmark(label: str) -> None:
+def test_the_docs_quote_the_latest_benchmark(label: str) -> None:
     measure, shown = QUOTED[label]
     _, now, _ = _readme_rows()[label]
     assert now == shown.format(_measured()[measure])

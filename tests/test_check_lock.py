@@ -31,7 +31,7 @@ def test_changed_code_params_command_and_lost_sources_are_stale() -> None:
         "train": [
             {
                 "changed deps": {
-                    "mlpipe/models.py": "modified",
+                    "mlpipe/model/training.py": "modified",
                     "params.yaml": {"train": "modified"},
                 }
             },
@@ -41,7 +41,7 @@ def test_changed_code_params_command_and_lost_sources_are_stale() -> None:
         ]
     }
     assert problems(status, PRODUCED) == [
-        "train: deps mlpipe/models.py modified",
+        "train: deps mlpipe/model/training.py modified",
         "train: params in params.yaml: train modified",
         "train: deps mlpipe/gone.py deleted",
         "train: deps mlpipe/new.py new",
@@ -67,9 +67,9 @@ def test_this_checkout_then_an_edited_stage(tmp_path: Path) -> None:
     [commit] = [row for row in json.loads(shown.stdout) if row["rev"] != "workspace"]
     metrics = commit["data"]["metrics"]["reports/metrics.json"]["data"]
     assert 0.9 < metrics["test_accuracy"] <= 1
-    with (repo / "mlpipe/figures.py").open("a") as file:
+    with (repo / "mlpipe/report/figures.py").open("a") as file:
         file.write("# an edit\n")
     result = check(repo)
     assert result.returncode == 1
-    assert "error: dvc.lock is stale: plot: deps mlpipe/figures.py modified" in result.stderr
+    assert "error: dvc.lock is stale: plot: deps mlpipe/report/figures.py modified" in result.stderr
     assert "commit dvc.lock" in result.stderr

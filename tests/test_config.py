@@ -287,8 +287,8 @@ def test_cnn_with_more_blocks_than_the_image_can_halve_is_refused() -> None:
 def test_empty_validation_or_training_split_is_refused_naming_the_keys() -> None:
     import numpy as np
 
-    from mlpipe.datasets import RawSplits
-    from mlpipe.preprocessing import preprocess
+    from mlpipe.data.formats import RawSplits
+    from mlpipe.data.preprocessing import preprocess
 
     x = np.zeros((40, 28, 28), np.uint8)
     y = (np.arange(40) % 10).astype(np.uint8)
@@ -301,7 +301,7 @@ def test_empty_validation_or_training_split_is_refused_naming_the_keys() -> None
 
 
 def test_model_too_large_for_memory_is_refused_before_it_is_built() -> None:
-    from mlpipe.sizing import check_fits_in_memory, parameter_count
+    from mlpipe.model.sizing import check_fits_in_memory, parameter_count
 
     params = load_params(REPO / "params.yaml")
     assert parameter_count(params.model, (28, 28), 10) == 640_890  # the tutorial's network

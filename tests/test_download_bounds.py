@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlpipe import download
-from mlpipe.datasets import MNIST, SPECS, DatasetSpec, check_mnist_npz
-from mlpipe.download import download_dataset
+from mlpipe.data import sources, transfer
+from mlpipe.data.download import download_dataset
+from mlpipe.data.formats import check_mnist_npz
+from mlpipe.data.specs import MNIST, SPECS, DatasetSpec
 from mlpipe.errors import DataError, DownloadError
 from tests.conftest import HAS_MIRROR, MIRROR, error_lines, files_under, free_port, run_stage
 from tests.fakes import FileServer, served, tiny_arrays, write_mnist
@@ -86,7 +87,7 @@ def test_trickling_mirror_is_given_up_at_the_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """1 KiB every 0.2 s would take ~10 s; the 1 s deadline ends it as data arrives."""
-    monkeypatch.setattr(download, "SOURCE_DEADLINE_S", 1.0)
+    monkeypatch.setattr(transfer, "SOURCE_DEADLINE_S", 1.0)
     spec = good_spec(origin, mirror)
     mirror.faults["mnist.npz"] = ["trickle"] * 5
     served_by, elapsed = fetch_timed(spec, tmp_path / "raw")
@@ -106,7 +107,7 @@ def test_silent_mirror_is_given_up_at_the_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Accepts, never answers: the read timeout (20 s) is cut to the time left (1 s)."""
-    monkeypatch.setattr(download, "SOURCE_DEADLINE_S", 1.0)
+    monkeypatch.setattr(transfer, "SOURCE_DEADLINE_S", 1.0)
     spec = good_spec(origin, mirror)
     mirror.faults["mnist.npz"] = ["silent"] * 5
     served_by, elapsed = fetch_timed(spec, tmp_path / "raw")
@@ -124,7 +125,7 @@ def test_redirect_chain_is_given_up_at_the_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Each hop answers in time, but 30 hops of 0.2 s would outlast the 1 s deadline."""
-    monkeypatch.setattr(download, "SOURCE_DEADLINE_S", 1.0)
+    monkeypatch.setattr(transfer, "SOURCE_DEADLINE_S", 1.0)
     spec = good_spec(origin, mirror)
     mirror.faults["mnist.npz"] = ["redirect"] * 100
     served_by, elapsed = fetch_timed(spec, tmp_path / "raw")
@@ -136,9 +137,9 @@ def test_redirect_chain_is_given_up_at_the_deadline(
 
 def test_big_files_get_time_for_their_size() -> None:
     """The deadline is a minute, longer only where the file needs it at a modest rate."""
-    assert download.deadline_s(MNIST.files[0]) == download.SOURCE_DEADLINE_S == 60
-    cifar = download.deadline_s(SPECS["cifar10"].files[0])
-    assert download.SOURCE_DEADLINE_S < cifar < 3 * 60
+    assert transfer.deadline_s(MNIST.files[0]) == transfer.SOURCE_DEADLINE_S == 60
+    cifar = transfer.deadline_s(SPECS["cifar10"].files[0])
+    assert transfer.SOURCE_DEADLINE_S < cifar < 3 * 60
 
 
 # --- Size -----------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_full_disk_names_the_file_and_folder_and_stops(
     def full_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         return FullDisk() if "w" in mode else real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(download, "open", full_open, raising=False)
+    monkeypatch.setattr(transfer, "open", full_open, raising=False)
     dest = tmp_path / "raw"
     with pytest.raises(DownloadError) as caught:
         download_dataset(spec, dest)
@@ -363,13 +364,13 @@ def test_mirror_credentials_never_printed(
     monkeypatch.setenv("DATA_MIRROR", mirror.url.replace("://", f"://reader:{SECRET}@"))
     mirror.faults["mnist.npz"] = ["truncate"] * 10
     descriptions: list[str] = []
-    real_tqdm = download.tqdm
+    real_tqdm = transfer.tqdm
 
     def recording_tqdm(*args: Any, **kwargs: Any) -> Any:
         descriptions.append(str(kwargs.get("desc")))
         return real_tqdm(*args, **kwargs)
 
-    monkeypatch.setattr(download, "tqdm", recording_tqdm)
+    monkeypatch.setattr(transfer, "tqdm", recording_tqdm)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DownloadError) as caught:
         download_dataset(spec, tmp_path / "raw")
@@ -384,7 +385,7 @@ def test_mirror_credentials_never_printed(
 def test_mistyped_mirror_with_credentials_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATA_MIRROR", f"htps://reader:{SECRET}@example.org/data")
     with pytest.raises(DownloadError, match=r"DATA_MIRROR=htps://\*\*\*@example.org/data") as e:
-        download.mirror_location()
+        sources.mirror_location()
     assert SECRET not in str(e.value)
 
 
@@ -397,9 +398,9 @@ def test_retry_lines_are_ours(
     """A mirror refusing connections: one line of ours per retry, none of urllib3's."""
     spec = good_spec(origin)
     monkeypatch.setenv("DATA_MIRROR", f"http://127.0.0.1:{free_port()}/")
-    caplog.set_level(logging.DEBUG, logger="mlpipe.download")
+    caplog.set_level(logging.DEBUG, logger="mlpipe.data")
     assert download_dataset(spec, tmp_path / "raw") == ["canonical address"]
-    ours = [r.getMessage() for r in caplog.records if r.name == "mlpipe.download"]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("mlpipe.data.")]
     assert sum("connection failed" in line and "; retry" in line for line in ours) == 3
     assert [r for r in caplog.records if r.name.startswith("urllib3")] == []
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import QUICK, REPO, client_for, error_lines, files_under, run_stage, stage_env
-from tests.fakes import set_params, write_processed, write_raw
+from tests.conftest import client_for, error_lines, files_under, run_stage, stage_env
+from tests.fakes import write_processed, write_raw
 
 FIGURES = [
     "accuracy.png",
@@ -24,26 +23,6 @@ FIGURES = [
     "predictions.png",
     "samples.png",
 ]
-
-
-@pytest.fixture(scope="module")
-def evaluated_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Train and evaluate once for the module; tests work on copies of this workspace."""
-    workspace = tmp_path_factory.mktemp("evaluated")
-    shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
-    write_processed(workspace)
-    set_params(workspace, **QUICK)
-    for stage in ("train", "evaluate"):
-        result = run_stage(workspace, stage)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert "no version held champion" in result.stderr
-    return workspace
-
-
-@pytest.fixture
-def evaluated(evaluated_once: Path, tmp_path: Path) -> Path:
-    """A private copy of the evaluated workspace (its MLflow artifacts stay shared)."""
-    return Path(shutil.copytree(evaluated_once, tmp_path / "workspace"))
 
 
 def test_evaluate_writes_metrics_and_logs_to_the_training_run(evaluated: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlpipe.atomic import json_text
-from mlpipe.evaluation import confusion_matrix, evaluate, per_class_table, predictions_table
+from mlpipe.report.evaluation import confusion_matrix, evaluate, per_class_table, predictions_table
 
 # Three classes. Labels and predictions chosen so every number below can be checked by hand.
 LABELS = np.array([0, 0, 0, 1, 1, 2])

@@ -1,6 +1,7 @@
 """DVC experiments and MLflow runs joined: named runs, baseline tags, a queue run two at a time.
 
-Real MNIST from the mirror, cut to 5% and two epochs so each experiment takes seconds.
+Real MNIST from the mirror, cut to 5% and two epochs (the session's small repro) so each
+experiment takes seconds.
 """
 
 from __future__ import annotations
@@ -11,17 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MIRROR, REPO, dvc, needs_mirror, project_copy, run_git, run_queue_of_two
+from tests.conftest import REPO, copy_of, dvc, needs_mirror, run_git, run_queue_of_two
 
 pytestmark = [pytest.mark.slow, needs_mirror]
-
-
-def small(repo: Path) -> None:
-    text = (repo / "params.yaml").read_text()
-    text = text.replace("train_fraction: 1.0", "train_fraction: 0.05").replace(
-        "epochs: 20", "epochs: 2"
-    )
-    (repo / "params.yaml").write_text(text)
 
 
 def exp_rows(repo: Path) -> dict[str, dict]:
@@ -39,13 +32,9 @@ def exp_rows(repo: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    repo = project_copy(tmp_path_factory.mktemp("experiments"))
-    small(repo)
-    result = dvc(repo, "repro", DATA_MIRROR=str(MIRROR))
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    run_git(repo, "add", "-A")
-    run_git(repo, "commit", "-q", "-m", "baseline")
+def baseline(small_repro_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The session's small repro (5% of MNIST, two epochs, committed), this module's copy."""
+    repo = copy_of(small_repro_world, tmp_path_factory.mktemp("experiments") / "repo")
     return repo, run_git(repo, "rev-parse", "HEAD").strip()
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mlpipe import figures
-from mlpipe.datasets import SPECS
+from mlpipe.data.specs import SPECS
+from mlpipe.report import figures
 
 RNG = np.random.default_rng(0)
 GRAY = RNG.integers(0, 256, (12, 28, 28), dtype=np.uint8)

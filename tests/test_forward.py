@@ -1,8 +1,9 @@
-"""mlpipe.forward: a saved model's forward pass in NumPy gives what Keras gives.
+"""mlpipe.model.numpy_forward: a saved model's forward pass in NumPy gives what Keras gives.
 
-Each model below is built by mlpipe.models (small widths), its batch-norm statistics moved off
-their initial values so they count, saved, then predicted by both. Models this module does
-not compute fall back to Keras through mlpipe.model_files.load_for_inference.
+Each model below is built by mlpipe.model.architecture (small widths), its batch-norm
+statistics moved off their initial values so they count, saved, then predicted by both.
+Models this module does not compute fall back to Keras through
+mlpipe.model.loading.load_for_inference.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import keras
 import numpy as np
 import pytest
 
-from mlpipe import forward, models
 from mlpipe.config import ACTIVATIONS, load_params
 from mlpipe.errors import ModelError
-from mlpipe.model_files import load_for_inference
+from mlpipe.model import architecture, numpy_forward
+from mlpipe.model.loading import load_for_inference
 from tests.conftest import REPO
 
 SHAPES = {"mnist": (28, 28), "cifar10": (32, 32, 3)}
@@ -34,7 +35,7 @@ def _images(shape: tuple[int, ...], count: int = 64) -> np.ndarray:
 def _saved(tmp_path: Path, shape: tuple[int, ...], **options: object) -> tuple[Path, keras.Model]:
     defaults = load_params(REPO / "params.yaml").model
     params = defaults.model_validate({**defaults.model_dump(), **SMALL, **options})
-    model = models.build_model(params, shape, 10, seed=1)
+    model = architecture.build_model(params, shape, 10, seed=1)
     rng = np.random.default_rng(1)
     for weight in model.weights:
         if any(part in weight.path for part in ("moving_", "gamma", "beta")):
@@ -46,14 +47,14 @@ def _saved(tmp_path: Path, shape: tuple[int, ...], **options: object) -> tuple[P
 
 @pytest.mark.parametrize("dataset", sorted(SHAPES))
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-@pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a in forward.ACTIVATIONS])
+@pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a in numpy_forward.ACTIVATIONS])
 def test_numpy_forward_pass_matches_keras(
     tmp_path: Path, dataset: str, kind: str, activation: str
 ) -> None:
     shape = SHAPES[dataset]
     path, model = _saved(tmp_path, shape, type=kind, activation=activation, dropout=0.25)
     loaded = load_for_inference(path)
-    assert isinstance(loaded, forward.NumpyModel)
+    assert isinstance(loaded, numpy_forward.NumpyModel)
     assert loaded.input_shape == model.input_shape
     assert loaded.output_shape == model.output_shape
     images = _images(shape)
@@ -66,10 +67,10 @@ def test_numpy_forward_pass_matches_keras(
 
 def test_an_activation_numpy_lacks_is_left_to_keras(tmp_path: Path) -> None:
     """gelu needs erf: the model loads through Keras and predicts the same."""
-    assert "gelu" in ACTIVATIONS and "gelu" not in forward.ACTIVATIONS
+    assert "gelu" in ACTIVATIONS and "gelu" not in numpy_forward.ACTIVATIONS
     path, model = _saved(tmp_path, (28, 28), activation="gelu")
-    with pytest.raises(forward.Unsupported, match="activation gelu"):
-        forward.read(path)
+    with pytest.raises(numpy_forward.Unsupported, match="activation gelu"):
+        numpy_forward.read(path)
     loaded = load_for_inference(path)
     assert isinstance(loaded, keras.Model)
     images = _images((28, 28))
@@ -189,8 +190,8 @@ def test_models_it_does_not_compute_are_left_to_keras(
 ) -> None:
     path = tmp_path / "model.keras"
     build(path)
-    with pytest.raises(forward.Unsupported, match=reason):
-        forward.read(path)
+    with pytest.raises(numpy_forward.Unsupported, match=reason):
+        numpy_forward.read(path)
     if keras_loads:
         assert isinstance(load_for_inference(path), keras.Model)
     else:

@@ -8,14 +8,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from mlpipe.config import ModelParams, TrainParams, load_params  # noqa: E402
-from mlpipe.models import (  # noqa: E402
-    build_model,
-    encode_labels,
-    make_optimizer,
-    train,
-    trainable_parameters,
-)
-from mlpipe.sizing import parameter_count  # noqa: E402
+from mlpipe.model.architecture import build_model, trainable_parameters  # noqa: E402
+from mlpipe.model.sizing import parameter_count  # noqa: E402
+from mlpipe.model.training import encode_labels, make_optimizer, train  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 DEFAULTS = load_params(REPO / "params.yaml")
@@ -190,7 +185,9 @@ JAX_SCRIPT = """
 import json, numpy as np, keras
 from pathlib import Path
 from mlpipe.config import load_params
-from mlpipe.models import build_model, train, train_scan
+from mlpipe.model.architecture import build_model
+from mlpipe.model.scan import train_scan
+from mlpipe.model.training import train
 from tests.test_models import tiny_data
 params = load_params(Path("params.yaml"))
 x, y, xv, yv = tiny_data()
@@ -214,6 +211,7 @@ for loop in ("fit", "scan"):
 """
 
 
+@pytest.mark.slow  # processes started, killed or raced: seconds each
 def test_jax_backend_fit_and_scan_agree(on_jax: dict) -> None:
     """The training code runs unchanged on JAX; the scan fast path learns like fit does."""
     runs = on_jax["agree"]
@@ -229,7 +227,9 @@ PARITY_SCRIPT = """
 import json, numpy as np, keras
 from pathlib import Path
 from mlpipe.config import load_params
-from mlpipe.models import build_model, train, train_scan
+from mlpipe.model.architecture import build_model
+from mlpipe.model.scan import train_scan
+from mlpipe.model.training import train
 from tests.test_models import tiny_data
 params = load_params(Path("params.yaml"))
 x, y, _, _ = tiny_data()
@@ -260,6 +260,7 @@ for scenario, epochs, patience in (("stops early", 30, 2), ("runs out", 4, 10)):
 """
 
 
+@pytest.mark.slow  # processes started, killed or raced: seconds each
 def test_fit_and_scan_stop_alike_and_both_end_on_the_best_weights(on_jax: dict) -> None:
     """Same seed and params on CPU JAX: both loops stop at the same epoch, end with the best
     epoch's weights whether they stopped early or not, and agree within half a point."""

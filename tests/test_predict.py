@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mlpipe.images import ImageInputError, open_image, to_mnist, to_model_input
+from mlpipe.inference.images import ImageInputError, open_image, to_mnist, to_model_input
 from tests.conftest import HAS_MIRROR, MIRROR, StageResult, error_lines, run_predict, stage_env
 
 

@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw, ImageFile
 
 from mlpipe import predict
 from mlpipe.errors import ModelError
-from mlpipe.images import ImageInputError, check_image, open_image, to_mnist
-from mlpipe.model_files import load_keras_model
+from mlpipe.inference.images import ImageInputError, check_image, open_image, to_mnist
+from mlpipe.model.loading import load_keras_model
 from mlpipe.paths import Layout
 
 
@@ -256,7 +256,7 @@ def test_cli_says_a_model_folder_is_a_directory(
 
 
 def test_check_model_outputs() -> None:
-    from mlpipe.evaluation import check_model_outputs
+    from mlpipe.report.evaluation import check_model_outputs
 
     check_model_outputs(np.full((4, 10), 0.1), 10, "m.keras")
     with pytest.raises(ModelError, match=r"^m.keras: gives 3 outputs per image, .* 10 classes"):

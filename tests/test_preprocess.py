@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpipe.datasets import SPECS, RawSplits, manifest_text, read_raw
+from mlpipe.data.formats import RawSplits
+from mlpipe.data.preprocessing import class_summary, preprocess, stratified_split
+from mlpipe.data.raw import manifest_text, read_raw
+from mlpipe.data.specs import SPECS
 from mlpipe.errors import DataError
-from mlpipe.preprocessing import class_summary, preprocess, stratified_split
 from tests.conftest import error_lines, files_under, run_stage
 from tests.fakes import WRITERS, tiny_arrays, write_raw
 

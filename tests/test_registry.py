@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlpipe.errors import TrackingError
-from mlpipe.registry import CHALLENGER, CHAMPION, promote
+from mlpipe.tracking.promotion import CHALLENGER, CHAMPION, promote
 
 NAME = "keras-tutorial-mnist"
 
@@ -86,7 +86,7 @@ def _racer(uri: str, versions: list[int], accuracies: list[float], barrier, slow
     """
     import random
 
-    from mlpipe.registry import promote as promote_version
+    from mlpipe.tracking.promotion import promote as promote_version
 
     racer = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if slow:
@@ -104,6 +104,7 @@ def _racer(uri: str, versions: list[int], accuracies: list[float], barrier, slow
         barrier.wait()
 
 
+@pytest.mark.slow  # processes started, killed or raced: seconds each
 def test_two_promotions_racing_never_leave_a_worse_champion(
     client: MlflowClient, tmp_path: Path
 ) -> None:

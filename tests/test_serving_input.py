@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlpipe.serving import check_pixels
+from mlpipe.tracking.served_model import check_pixels
 
 
 def test_raw_pixels_pass_as_uint8() -> None:

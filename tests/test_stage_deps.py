@@ -1,7 +1,7 @@
 """Every project file a stage imports is one of its deps in dvc.yaml, and nothing else is.
 
 DVC reruns a stage when one of its deps changes. A module the stage imports but does not list
-(say, the class names in mlpipe/datasets.py) would leave its outputs stale after an edit; one
+(say, the class names in mlpipe/data/specs.py) would leave its outputs stale after an edit; one
 it lists but never imports reruns it for nothing. The closure is derived from the code, imports
 inside functions included, so the list cannot drift.
 """
@@ -74,6 +74,6 @@ def test_stage_deps_are_its_import_closure(name: str) -> None:
 
 
 def test_closure_sees_imports_inside_functions(tmp_path: Path) -> None:
-    # stages/evaluate.py imports mlpipe.evaluation only inside main(): it must still count.
-    assert "mlpipe/evaluation.py" in import_closure("stages.evaluate")
-    assert "mlpipe/datasets.py" in import_closure("stages.plot")
+    # stages/evaluate.py imports mlpipe.model.loading only inside main(): it must still count.
+    assert "mlpipe/model/loading.py" in import_closure("stages.evaluate")
+    assert "mlpipe/data/specs.py" in import_closure("stages.plot")

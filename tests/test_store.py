@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import store
 from mlpipe.errors import TrackingError
+from mlpipe.tracking import relocation, snapshot, sqlite_store, store
 from tests.conftest import REPO, stage_env
 
 pytestmark = pytest.mark.reliability
@@ -37,6 +37,15 @@ def close_engines() -> None:
     for engine in SqlAlchemyStore._engine_map.values():
         engine.dispose()
     SqlAlchemyStore._engine_map.clear()
+
+
+def close_engine(uri: str) -> None:
+    """Close MLflow's pooled connections to the store at `uri` only."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def usable(path: Path) -> bool:
@@ -60,7 +69,7 @@ def refused_untouched(path: Path, match: str) -> None:
     """prepare() refuses the store at `path` with a message matching `match`; bytes unchanged."""
     before = digest(path)
     with pytest.raises(TrackingError, match=match) as caught:
-        store.prepare(uri_of(path))
+        sqlite_store.prepare(uri_of(path))
     assert "\n" not in str(caught.value)
     assert digest(path) == before
 
@@ -138,10 +147,11 @@ def test_credentials_in_a_store_uri_are_never_shown(uri: str, shown: str) -> Non
 # A new store comes into being whole ---------------------------------------------------------
 
 
+@pytest.mark.slow  # processes started, killed or raced: seconds each
 def test_new_store_is_complete_whenever_its_creator_is_killed(tmp_path: Path) -> None:
     """kill -9 at many moments of creation: afterwards there is no store, or a whole one."""
     path = tmp_path / "mlflow.db"
-    code = "import sys; from mlpipe.store import prepare; prepare(sys.argv[1])"
+    code = "import sys; from mlpipe.tracking.sqlite_store import prepare; prepare(sys.argv[1])"
     for delay in (0.8, 1.4, 2.0, 2.6):
         path.unlink(missing_ok=True)
         creator = subprocess.Popen(
@@ -150,9 +160,9 @@ def test_new_store_is_complete_whenever_its_creator_is_killed(tmp_path: Path) ->
         time.sleep(delay)
         creator.send_signal(signal.SIGKILL)
         creator.wait()
-        assert not path.exists() or store.inspect_store(path) == "mlflow", delay
+        assert not path.exists() or sqlite_store.inspect_store(path) == "mlflow", delay
     # The next start removes the killed creator's leftovers and makes a working store.
-    store.prepare(uri_of(path))
+    sqlite_store.prepare(uri_of(path))
     assert usable(path)
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
 
@@ -164,16 +174,16 @@ def test_half_made_store_without_runs_is_rebuilt(tmp_path: Path) -> None:
         "CREATE TABLE experiments (experiment_id INTEGER)",
         "CREATE TABLE alembic_version (version_num TEXT)",
     )
-    assert store.inspect_store(path) == "incomplete"
-    store.prepare(uri_of(path))
-    assert store.inspect_store(path) == "mlflow"
+    assert sqlite_store.inspect_store(path) == "incomplete"
+    sqlite_store.prepare(uri_of(path))
+    assert sqlite_store.inspect_store(path) == "mlflow"
     assert usable(path)
 
 
 def test_empty_file_becomes_a_store(tmp_path: Path) -> None:
     path = tmp_path / "mlflow.db"
     path.touch()
-    store.prepare(uri_of(path))
+    sqlite_store.prepare(uri_of(path))
     assert usable(path)
 
 
@@ -185,7 +195,7 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
     path.write_text("my notes, not a database\n")
     before = digest(path)
     with pytest.raises(TrackingError, match=r"mlflow\.db: not a SQLite database") as caught:
-        store.prepare(uri_of(path))
+        sqlite_store.prepare(uri_of(path))
     assert "\n" not in str(caught.value)
     assert digest(path) == before
 
@@ -193,7 +203,7 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "mlflow.db").mkdir()
     with pytest.raises(TrackingError, match=r"mlflow\.db: is a directory"):
-        store.prepare(uri_of(tmp_path / "mlflow.db"))
+        sqlite_store.prepare(uri_of(tmp_path / "mlflow.db"))
 
 
 def test_someone_elses_sqlite_file_gets_no_mlflow_tables(tmp_path: Path) -> None:
@@ -210,14 +220,14 @@ def test_store_locked_by_another_process_fails_after_a_bounded_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "mlflow.db"
-    store.prepare(uri_of(path))
+    sqlite_store.prepare(uri_of(path))
     monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 1.0)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
         started = time.monotonic()
         with pytest.raises(TrackingError, match=r"mlflow\.db: locked by another process"):
-            store.prepare(uri_of(path))
+            sqlite_store.prepare(uri_of(path))
         assert time.monotonic() - started < 10
     finally:
         holder.execute("ROLLBACK")
@@ -237,7 +247,7 @@ def test_full_disk_is_one_line_naming_the_store(tmp_path: Path) -> None:
         (mount / "filler").write_bytes(b"\0" * (1024 * 1024 - 64 * 1024))
         path = mount / "mlflow.db"
         with pytest.raises(TrackingError, match=r"mlflow\.db: cannot create the store \(.*") as e:
-            store.prepare(uri_of(path))
+            sqlite_store.prepare(uri_of(path))
         assert "no space left" in str(e.value).lower() or "disk is full" in str(e.value)
         assert not path.exists()
         assert sorted(p.name for p in mount.iterdir()) == ["filler"]
@@ -248,9 +258,14 @@ def test_full_disk_is_one_line_naming_the_store(tmp_path: Path) -> None:
 READ_ONLY_CHECK = """
 import sys
 from mlpipe.errors import TrackingError
-from mlpipe.store import prepare
+from mlpipe.tracking.snapshot import reading
+from mlpipe.tracking.sqlite_store import prepare
 try:
-    prepare(sys.argv[1], write=sys.argv[2] == "write")
+    if sys.argv[2] == "write":
+        prepare(sys.argv[1])
+    else:
+        with reading(sys.argv[1]):
+            pass
 except TrackingError as exc:
     print(f"error: {exc}")
     sys.exit(1)
@@ -263,7 +278,7 @@ def test_read_only_store_is_refused_for_writing_and_read_for_reading(tmp_path: P
     a store without write permission: writing stages refuse it, readers still read it."""
     folder = tmp_path / "ro"
     path = folder / "mlflow.db"
-    store.prepare(uri_of(path))
+    sqlite_store.prepare(uri_of(path))
     close_engines()
     before = digest(path)
     run = [sys.executable, "-c", READ_ONLY_CHECK, uri_of(path)]
@@ -279,67 +294,136 @@ def test_read_only_store_is_refused_for_writing_and_read_for_reading(tmp_path: P
 # A moved or copied workspace ----------------------------------------------------------------
 
 
-def test_moved_store_follows_its_workspace(tmp_path: Path) -> None:
+def moved_workspace(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A workspace whose store has an experiment and a run with an artifact, then moved from
+    `old` to `new`; the run's id."""
     from mlflow import MlflowClient
 
+    from mlpipe.tracking.runs import connect
+
     old = tmp_path / "old"
-    path = old / "mlflow.db"
-    store.prepare(uri_of(path))
-    client = MlflowClient(tracking_uri=uri_of(path))
-    experiment = client.create_experiment("e", store.artifact_root(uri_of(path)))
+    old.mkdir()
+    client, experiment = connect("e", old)
     run = client.create_run(experiment)
     client.log_text(run.info.run_id, "hello", "note.txt")
+    client.set_terminated(run.info.run_id)
+    assert MlflowClient(tracking_uri=uri_of(old / "mlflow.db")).get_run(run.info.run_id)
+    close_engines()
+    os.environ.pop("MLFLOW_TRACKING_URI")  # which connect exported, as a stage does
     new = tmp_path / "new"
     old.rename(new)
-    moved = new / "mlflow.db"
-    store.prepare(uri_of(moved))
-    client = MlflowClient(tracking_uri=uri_of(moved))
+    return old, new, run.info.run_id
+
+
+def test_the_next_writing_stage_points_a_moved_store_at_its_workspace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlpipe.tracking.runs import connect
+
+    old, new, run_id = moved_workspace(tmp_path)
+    with caplog.at_level("WARNING"):
+        client, experiment = connect("e", new)
+    assert f"the workspace moved from {old} to {new}" in caplog.text
     assert client.get_experiment(experiment).artifact_location == (new / "mlartifacts").as_uri()
-    assert client.get_run(run.info.run_id).info.artifact_uri.startswith(new.as_uri())
-    assert client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path))
+    assert client.get_run(run_id).info.artifact_uri.startswith(new.as_uri())
+    assert client.download_artifacts(run_id, "note.txt", str(tmp_path))
     second = client.create_run(experiment)
     client.log_text(second.info.run_id, "again", "note.txt")
     assert not old.exists()
 
 
-def test_reader_of_a_moved_store_fixes_it_or_says_why_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder`, hidden ones included, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_reader_of_a_moved_store_reads_it_as_moved_and_changes_nothing(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    old = tmp_path / "old"
-    store.prepare(uri_of(old / "mlflow.db"))
-    MlflowClient(tracking_uri=uri_of(old / "mlflow.db")).create_experiment(
-        "e", store.artifact_root(uri_of(old / "mlflow.db"))
-    )
-    new = tmp_path / "new"
-    old.rename(new)
-    (new / "mlartifacts").mkdir()
-    close_engines()
-    monkeypatch.setattr(store, "_writable", lambda path: False)
-    with pytest.raises(TrackingError, match=r"name .*old, where it was before it was moved to"):
-        store.prepare(uri_of(new / "mlflow.db"), write=False)
-    monkeypatch.undo()
-    store.prepare(uri_of(new / "mlflow.db"), write=False)  # a reader that may write fixes it
-    client = MlflowClient(tracking_uri=uri_of(new / "mlflow.db"))
-    assert client.get_experiment_by_name("e").artifact_location == (new / "mlartifacts").as_uri()
+    old, new, run_id = moved_workspace(tmp_path)
+    before = tree(new)
+    with snapshot.reading(uri_of(new / "mlflow.db")) as seen:
+        assert seen.moved_from == (old,)
+        client = MlflowClient(tracking_uri=seen.uri)
+        assert client.get_run(run_id).info.artifact_uri.startswith(new.as_uri())
+        assert client.download_artifacts(run_id, "note.txt", str(tmp_path / "got"))
+        close_engines()
+    assert tree(new) == before  # no side file, no rewritten location
+    # Read again, it is still the moved store: only a writing stage rewrites it.
+    with snapshot.reading(uri_of(new / "mlflow.db")) as seen:
+        assert seen.moved_from == (old,)
+    relocation.relocate(new / "mlflow.db")
+    with snapshot.reading(uri_of(new / "mlflow.db")) as seen:
+        assert seen.moved_from == ()
+
+
+def test_a_reader_sees_what_a_running_writer_has_committed_and_leaves_its_files(
+    tmp_path: Path,
+) -> None:
+    """A stage holding the store open keeps recent commits in the write-ahead log: the reader's
+    copy carries them, and the store's own files are not touched."""
+    from mlflow import MlflowClient
+
+    from mlpipe.tracking.runs import connect
+
+    client, _ = connect("e", tmp_path)
+    os.environ.pop("MLFLOW_TRACKING_URI")
+    with closing(sqlite3.connect(tmp_path / "mlflow.db")) as writer:
+        writer.execute("SELECT COUNT(*) FROM experiments").fetchall()  # holds the store open
+        client.create_experiment("written-while-open")
+        assert Path(f"{tmp_path / 'mlflow.db'}-wal").stat().st_size > 0
+        before = tree(tmp_path)
+        with snapshot.reading(uri_of(tmp_path / "mlflow.db")) as seen:
+            found = MlflowClient(tracking_uri=seen.uri).get_experiment_by_name("written-while-open")
+            close_engine(seen.uri)
+        assert found is not None
+        assert tree(tmp_path) == before
+
+
+def test_relocation_rewrites_every_location_column_of_mlflows_schema() -> None:
+    """MLflow's SQLAlchemy models are read for every column that may hold a location: each is
+    rewritten on a move, or said not to be a location here. A new MLflow column fails this
+    until it is one or the other."""
+    import re
+
+    import mlflow.store.model_registry.dbmodels.models  # noqa: F401 (registry tables)
+    from mlflow.store.tracking.dbmodels.models import Base
+
+    not_locations = {
+        ("datasets", "dataset_source"): "a JSON description; the pipeline's source is relative",
+        ("runs", "source_name"): "the entry point's name (stages/train.py)",
+        ("mcp_server_versions", "source"): "where an MCP server's code came from; unused here",
+        ("evaluation_dataset_records", "source"): "a GenAI record's origin; unused here",
+        ("workspaces", "trace_archival_location"): "a workspace's trace archive; none made here",
+    }
+    may_hold_a_location = re.compile(r"(location|uri|path|source)$")
+    found = {
+        (table.name, column.name)
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+        if may_hold_a_location.search(column.name) and not column.name.endswith(("_type", "_id"))
+    }
+    rewritten = set(relocation.LOCATION_COLUMNS)
+    assert found - rewritten - set(not_locations) == set(), "classify these columns"
+    assert rewritten <= found, "a rewritten column left MLflow's schema"
 
 
 def test_store_moved_without_its_artifacts_says_what_to_move(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
+    from mlpipe.tracking.runs import connect
 
-    old = tmp_path / "old"
-    store.prepare(uri_of(old / "mlflow.db"))
-    MlflowClient(tracking_uri=uri_of(old / "mlflow.db")).create_experiment(
-        "e", store.artifact_root(uri_of(old / "mlflow.db"))
-    )
-    (old / "mlartifacts").mkdir()
-    new = tmp_path / "new"
-    new.mkdir()
-    close_engines()
-    (old / "mlflow.db").rename(new / "mlflow.db")
-    with pytest.raises(TrackingError, match=r"moved from .*old without its mlartifacts/ folder"):
-        store.prepare(uri_of(new / "mlflow.db"))
+    old, new, _ = moved_workspace(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (new / "mlflow.db").rename(elsewhere / "mlflow.db")
+    new.rename(old)  # the artifacts are back where the store says; the store is not
+    for attempt in (
+        lambda: connect("e", elsewhere),
+        lambda: snapshot.reading(uri_of(elsewhere / "mlflow.db")).__enter__(),
+    ):
+        with pytest.raises(
+            TrackingError, match=r"moved from .*old without its mlartifacts/ folder"
+        ):
+            attempt()
 
 
 def test_predict_where_no_store_exists_creates_none(
@@ -365,7 +449,7 @@ def test_predict_where_no_store_exists_creates_none(
 
 
 def test_database_store_without_its_driver_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlpipe.store import check_reachable
+    from mlpipe.tracking.reachability import check_reachable
 
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(TrackingError, match=r"database driver is not installed") as caught:
@@ -394,7 +478,7 @@ def test_a_database_with_mlflow_like_table_names_and_data_is_never_rebuilt(tmp_p
 
 @pytest.mark.parametrize("name", ["sp ace", "ünï", "semi;colon"])
 def test_odd_but_safe_folder_names_keep_the_store_inside(tmp_path: Path, name: str) -> None:
-    from mlpipe.runs import connect
+    from mlpipe.tracking.runs import connect
 
     workspace = tmp_path / name
     workspace.mkdir()
@@ -412,7 +496,7 @@ def test_odd_but_safe_folder_names_keep_the_store_inside(tmp_path: Path, name: s
 def test_folders_a_uri_would_misread_are_refused_and_nothing_is_written(
     tmp_path: Path, name: str
 ) -> None:
-    from mlpipe.runs import connect
+    from mlpipe.tracking.runs import connect
 
     workspace = tmp_path / name
     workspace.mkdir()
@@ -423,15 +507,18 @@ def test_folders_a_uri_would_misread_are_refused_and_nothing_is_written(
 
 
 def test_a_read_only_store_is_read_through_a_snapshot(tmp_path: Path) -> None:
-    """WAL mode needs a writable folder even to read: a reader gets a copy instead."""
+    """WAL mode needs a writable folder even to read: a reader gets a copy instead, and no
+    side file appears (none could)."""
     from mlflow import MlflowClient
 
     folder = tmp_path / "ro"
     path = folder / "mlflow.db"
-    store.prepare(uri_of(path))
+    sqlite_store.prepare(uri_of(path))
     MlflowClient(tracking_uri=uri_of(path)).create_experiment("kept")
     close_engines()
-    with read_only(folder), store.readable(uri_of(path)) as uri:
-        assert uri != uri_of(path)
-        assert MlflowClient(tracking_uri=uri).get_experiment_by_name("kept") is not None
+    before = tree(folder)
+    with read_only(folder), snapshot.reading(uri_of(path)) as seen:
+        assert seen.uri != uri_of(path)
+        assert MlflowClient(tracking_uri=seen.uri).get_experiment_by_name("kept") is not None
         close_engines()
+    assert tree(folder) == before

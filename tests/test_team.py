@@ -23,6 +23,7 @@ from PIL import Image
 
 from tests.conftest import (
     MIRROR,
+    copy_of,
     dvc,
     error_lines,
     free_port,
@@ -30,7 +31,6 @@ from tests.conftest import (
     project_copy,
     quick_workspace,
     run_git,
-    run_queue_of_two,
     run_stage_process,
     serve,
     stage_env,
@@ -52,6 +52,7 @@ from tests.services import (
 pytestmark = pytest.mark.slow
 
 MEMBER, MEMBER_PASSWORD = "alice", "alice-Secret-pw-1"
+ALICE = (MEMBER, MEMBER_PASSWORD)
 READER, READER_PASSWORD = "bob", "bob-Secret-pw-2"
 MODEL = "keras-tutorial-mnist"
 
@@ -180,25 +181,41 @@ def test_no_or_wrong_login_is_one_line_in_seconds(
     assert not (workspace / "models").exists()
 
 
-def test_reader_cannot_log_or_promote(server: TeamServer, tmp_path: Path) -> None:
-    """A member trains and promotes; a user with read permission can do neither, and the
-    failed stage leaves no output and no run behind."""
-    client = admin_client(server)
-    workspace = quick_workspace(tmp_path / "ws")
-    # The member logs in through MLflow's credentials file, not the two variables.
-    home = credentials_home(tmp_path, MEMBER, MEMBER_PASSWORD)
-    member = {"MLFLOW_TRACKING_URI": server.url, "HOME": str(home)}
+@pytest.fixture(scope="module")
+def member_workspace(server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace a member trained and evaluated through the server, logged in through
+    MLflow's credentials file (not the two variables); the tests below work on copies."""
+    folder = tmp_path_factory.mktemp("member")
+    workspace = quick_workspace(folder / "ws")
+    member = {"MLFLOW_TRACKING_URI": server.url, "HOME": str(credentials_home(folder, *ALICE))}
     for stage in ("train", "evaluate"):
         result = run_stage_process(workspace, stage, **member)
         assert result.returncode == 0, result.stderr[-3000:]
         assert MEMBER_PASSWORD not in result.stdout + result.stderr
-    record = json.loads((workspace / "models/run.json").read_text())
+    return workspace
+
+
+def test_a_member_trains_and_promotes_through_the_server(
+    server: TeamServer, member_workspace: Path
+) -> None:
+    client = admin_client(server)
+    record = json.loads((member_workspace / "models/run.json").read_text())
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
     # No credential in what the run records.
     recorded = json.dumps({**run.data.params, **run.data.tags})
     assert MEMBER_PASSWORD not in recorded and MEMBER not in run.data.params.values()
+    version = client.get_model_version(MODEL, str(record["registered_model_version"]))
+    assert "challenger" in version.aliases
+
+
+def test_reader_cannot_log_or_promote(
+    server: TeamServer, member_workspace: Path, tmp_path: Path
+) -> None:
+    """A user with read permission can neither train nor promote, and the failed stage leaves
+    no output and no run behind."""
+    client = admin_client(server)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     runs_before = len(all_runs(client))
 
@@ -212,6 +229,7 @@ def test_reader_cannot_log_or_promote(server: TeamServer, tmp_path: Path) -> Non
     assert not (other / "models").exists()
     assert len(all_runs(client)) == runs_before
 
+    workspace = copy_of(member_workspace, tmp_path / "ws")
     metrics = (workspace / "reports/metrics.json").read_bytes()
     set_params(workspace, evaluate__batch_size=7)  # so the reader's evaluate has work to do
     result = run_stage_process(workspace, "evaluate", **reader)
@@ -222,7 +240,9 @@ def test_reader_cannot_log_or_promote(server: TeamServer, tmp_path: Path) -> Non
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion.version
 
 
-def test_member_without_model_permission_cannot_promote(server: TeamServer, tmp_path: Path) -> None:
+def test_member_without_model_permission_cannot_promote(
+    server: TeamServer, member_workspace: Path, tmp_path: Path
+) -> None:
     """EDIT on the experiment, READ on the registered model: evaluate logs nothing half-way and
     moves no alias; it fails at promotion with one line."""
     from mlflow.server.auth.client import AuthServiceClient
@@ -231,10 +251,7 @@ def test_member_without_model_permission_cannot_promote(server: TeamServer, tmp_
     assert added.returncode == 0, added.stderr
     client = admin_client(server)
     AuthServiceClient(server.url).revoke_user_permission("carol", "registered_model", MODEL)
-    workspace = quick_workspace(tmp_path / "ws")
-    member = login(MEMBER, MEMBER_PASSWORD, server)
-    for stage in ("train", "evaluate"):
-        assert run_stage_process(workspace, stage, **member).returncode == 0
+    workspace = copy_of(member_workspace, tmp_path / "ws")
     champion = client.get_model_version_by_alias(MODEL, "champion").version
     metrics = (workspace / "reports/metrics.json").read_bytes()
     result = run_stage_process(workspace, "evaluate", **login("carol", "carol-Secret-pw-3", server))
@@ -377,21 +394,37 @@ def test_champion_from_the_server_predicts_and_serves(
         stop(served)
 
 
-@needs_mirror
-def test_queue_of_two_loses_nothing_on_the_server(
-    server: TeamServer, shared: dict[str, Path]
+def test_two_pipelines_at_once_lose_nothing_on_the_server(
+    server: TeamServer, tmp_path: Path
 ) -> None:
-    alice = shared["alice"]
-    env = {**login(MEMBER, MEMBER_PASSWORD, server), "DATA_MIRROR": str(MIRROR)}
-    names = run_queue_of_two(alice, **env)
+    """Two members' pipelines at the same moment (as `dvc queue start -j 2` runs them; the queue
+    itself is tested on a local store in tests/test_experiments.py): every run finished whole
+    with its figures, and the champion is the better model whichever evaluate ended last."""
+    env = stage_env(**login(MEMBER, MEMBER_PASSWORD, server))
+    workspaces = [quick_workspace(tmp_path / name) for name in ("one", "two")]
+    set_params(workspaces[1], train__learning_rate=0.2)
+    for stage in ("train", "evaluate", "plot"):
+        running = [
+            subprocess.Popen(
+                [sys.executable, "-m", f"stages.{stage}"],
+                cwd=workspace,
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for workspace in workspaces
+        ]
+        for process in running:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-3000:]
     client = admin_client(server)
-    runs = {run.info.run_name: run for run in all_runs(client)}
-    for name in names:
-        run = runs[name]
+    for workspace in workspaces:
+        run_id = json.loads((workspace / "models/run.json").read_text())["run_id"]
+        run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
-        assert client.list_artifacts(run.info.run_id, "figures")
-    assert not [run for run in runs.values() if run.info.status == "RUNNING"]
+        assert len(client.get_metric_history(run_id, "val_accuracy")) == 2
+        assert client.list_artifacts(run_id, "figures")
+    assert not [run for run in all_runs(client) if run.info.status == "RUNNING"]
     champion = client.get_model_version_by_alias(MODEL, "champion")
     versions = client.search_model_versions(f"name = '{MODEL}'")
     best = max(float(version.tags["test_accuracy"]) for version in versions)

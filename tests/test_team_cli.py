@@ -108,7 +108,7 @@ def test_refused_logins_and_permissions_are_named(monkeypatch: pytest.MonkeyPatc
     """As MLflow words them (`verify_rest_response`), a 401 or 403 becomes what to do."""
     from mlflow.exceptions import MlflowException
 
-    from mlpipe.server_access import refusal
+    from mlpipe.tracking.server_access import refusal
 
     uri = "http://127.0.0.1:5000"
 

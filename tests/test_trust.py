@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import QUICK, REPO, client_for, run_git, run_predict, run_stage
-from tests.fakes import set_params, write_processed
+from tests.conftest import client_for, copy_of, run_git, run_predict, run_stage, stage_env
 
 pytestmark = pytest.mark.reliability
 
@@ -27,21 +28,6 @@ def run_ok(workspace: Path, *stages: str, **env: str) -> None:
 
 def files_and_times(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace (a git repository) where train and evaluate ran on tiny data."""
-    workspace = tmp_path_factory.mktemp("evaluated") / "ws"
-    workspace.mkdir()
-    shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
-    write_processed(workspace)
-    set_params(workspace, **QUICK)
-    run_git(workspace, "init", "-q")
-    run_git(workspace, "add", "params.yaml")
-    run_git(workspace, "commit", "-q", "-m", "params")
-    run_ok(workspace, "train", "evaluate")
-    return workspace
 
 
 def test_moved_workspace_loads_its_champion_and_trains_into_itself(
@@ -65,6 +51,51 @@ def test_moved_workspace_loads_its_champion_and_trains_into_itself(
     for run in client.search_runs(["1"]):
         assert run.info.artifact_uri.startswith((moved / "mlartifacts").as_uri())
     assert not original.exists(), "something was written to the workspace's old place"
+
+
+def every_byte(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder below `folder`, hidden ones included: a file with its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in folder.rglob("*")
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["the champion answers", "a bad image", "a version that is gone", "no artifacts"]
+)
+def test_predict_on_a_moved_workspace_changes_no_byte_of_it(
+    evaluated: Path, tmp_path: Path, case: str
+) -> None:
+    """A command that only reads never writes: not the store (no relocation, no side file),
+    not the registry, not any file of the workspace, whatever it answers."""
+    moved = tmp_path / "moved"
+    copy_of(evaluated, tmp_path / "original", follow=False).rename(moved)
+    image = image_of_a_digit(tmp_path)
+    model = "models:/keras-tutorial-mnist@champion"
+    if case == "a bad image":
+        image.write_bytes(b"not an image")
+    elif case == "a version that is gone":
+        model = "models:/keras-tutorial-mnist/7"
+    elif case == "no artifacts":
+        shutil.rmtree(moved / "mlartifacts")
+    before = every_byte(moved)
+    arguments = ["--json", "--model", model, str(image)]
+    if case == "the champion answers":  # as a user runs it, to its exit
+        result = subprocess.run(
+            [sys.executable, "-m", "mlpipe.predict", *arguments],
+            cwd=moved,
+            env=stage_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    else:
+        result = run_predict(moved, *arguments)
+    assert result.returncode == (0 if case == "the champion answers" else 1), result.stderr
+    assert every_byte(moved) == before
+    if case == "the champion answers":
+        assert json.loads(result.stdout)[0]["label"] in "0123456789"
 
 
 def test_copied_workspace_writes_nothing_into_the_original(evaluated: Path, tmp_path: Path) -> None:

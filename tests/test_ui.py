@@ -43,3 +43,28 @@ def test_ui_starts_on_the_store_and_prints_the_runs_link(trained: Path) -> None:
         assert requests.get(link.split("#")[0], timeout=10).status_code == 200
     finally:
         script.stop(process)
+
+
+def test_on_a_moved_workspace_it_says_so_and_changes_nothing(
+    evaluated: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before it becomes MLflow's UI, `ui` only reads, through a copy of the store: a moved
+    store is named as moved (its figures show once a stage has run there), and not rewritten."""
+    from mlpipe import ui
+    from mlpipe.paths import Layout
+    from tests.test_trust import every_byte
+
+    moved = evaluated.rename(tmp_path / "moved")  # `mv`: the store still names the old place
+    before = every_byte(moved)
+    started = []
+    monkeypatch.setattr(ui.os, "execve", lambda path, command, env: started.append(command))
+    with caplog.at_level("WARNING"):
+        ui.main(Layout(moved), ["--port", "5999"])
+    [command] = started
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{moved / 'mlflow.db'}"
+    assert f"was moved from {evaluated}" in caplog.text
+    assert "once a stage has run here" in caplog.text
+    assert every_byte(moved) == before

@@ -6,6 +6,7 @@ Builders take arrays and return a Figure; `save_png` writes one atomically. No T
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,6 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mlpipe.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from mlpipe.config import PlotParams
+    from mlpipe.report.tables import Reports
 
 
 def _show_image(axis: plt.Axes, image: np.ndarray) -> None:
@@ -195,3 +200,47 @@ def save_png(figure: Figure, path: Path, dpi: int = 100) -> None:
     with atomic_path(path) as temp:
         figure.savefig(temp, dpi=dpi, format="png")
     plt.close(figure)
+
+
+def plot_stage_figures(
+    reports: Reports,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    class_names: tuple[str, ...],
+    params: PlotParams,
+    seed: int,
+) -> dict[str, Figure]:
+    """Every figure of the plot stage, by file name: samples, curves, predictions, mistakes.
+
+    The sampled images are drawn with `seed`, so the same params show the same images.
+    """
+    (x_train, y_train), (x_test, y_test) = train, test
+    rng = np.random.default_rng(seed)
+    samples = np.sort(
+        rng.choice(len(x_train), min(params.sample_grid**2, len(x_train)), replace=False)
+    )
+    shown = np.sort(
+        rng.choice(len(x_test), min(params.prediction_grid**2, len(x_test)), replace=False)
+    )
+    predicted = reports.predictions["predicted"].to_numpy()
+    return {
+        "samples.png": sample_grid(
+            x_train[samples], y_train[samples], class_names, params.sample_grid
+        ),
+        "accuracy.png": curves(reports.history, "accuracy"),
+        "loss.png": curves(reports.history, "loss"),
+        "predictions.png": prediction_grid(
+            x_test[shown], y_test[shown], predicted[shown], class_names, params.prediction_grid
+        ),
+        "confusion_matrix.png": confusion_heatmap(
+            reports.confusion.drop(columns="label").to_numpy(), class_names
+        ),
+        "confident_mistakes.png": confident_mistakes(
+            x_test,
+            y_test,
+            predicted,
+            reports.predictions["probability"].to_numpy(),
+            class_names,
+            params.wrong_count,
+        ),
+    }

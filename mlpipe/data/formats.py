@@ -1,9 +1,8 @@
-"""The three datasets: where they come from, how they are checked and how they are decoded.
+"""Decoding each dataset's original packaging, checked before anything large is allocated.
 
-Each dataset is kept in its original packaging: the Keras `mnist.npz`, the four gzipped IDX
-files of Fashion-MNIST, the CIFAR-10 python `tar.gz`. Decoding never unpickles arbitrary
-objects: CIFAR-10's batches are read with an unpickler that accepts only plain containers and
-NumPy arrays.
+IDX (the original MNIST files), Keras's `mnist.npz` (judged from its array headers first) and
+CIFAR-10's python batches. Decoding never unpickles arbitrary objects: CIFAR-10's batches are
+read with an unpickler that accepts only plain containers and NumPy arrays.
 """
 
 from __future__ import annotations
@@ -17,168 +16,13 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from mlpipe.data.specs import MNIST
 from mlpipe.errors import DataError
-
-KERAS_BUCKET = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of a dataset as published: its name, canonical address, SHA-256 and size.
-
-    The size bounds a download: a source that sends more is cut off rather than allowed to
-    fill the disk.
-    """
-
-    name: str
-    url: str
-    sha256: str
-    # Bytes of the published file.
-    size: int
-    # Where Keras's own `load_data()` caches it, relative to `<KERAS_HOME>/datasets/`.
-    keras_cache: tuple[str, ...] = ()
-    # The largest copy accepted, where a mirror may re-pack the same content into other
-    # bytes (an uncompressed npz, say); None accepts nothing bigger than the published file.
-    max_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.size <= 0:
-            raise ValueError(f"{self.name}: size must be positive, got {self.size}")
-        if self.max_size is not None and self.max_size < self.size:
-            raise ValueError(
-                f"{self.name}: max_size {self.max_size} is below the published size {self.size}"
-            )
-
-    @property
-    def cap(self) -> int:
-        """The most bytes any source may deliver for this file."""
-        return self.max_size or self.size
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    packaging: Literal["npz", "idx_gz", "cifar_tar"]
-    files: tuple[RemoteFile, ...]
-    image_shape: tuple[int, ...]
-    class_names: tuple[str, ...]
-    # MD5 of each array re-encoded as its canonical IDX file. A mirror may re-pack a dataset
-    # (other bytes, same arrays); these let us accept it on content rather than on bytes.
-    content_md5: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-MNIST = DatasetSpec(
-    name="mnist",
-    packaging="npz",
-    files=(
-        RemoteFile(
-            name="mnist.npz",
-            url=KERAS_BUCKET + "mnist.npz",
-            sha256="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
-            size=11_490_434,
-            keras_cache=("mnist.npz",),
-            # The same arrays stored uncompressed take about 55 MB; allow that re-packing.
-            max_size=64 * 2**20,
-        ),
-    ),
-    image_shape=(28, 28),
-    class_names=tuple(str(digit) for digit in range(10)),
-    content_md5={
-        "x_train": "6bbc9ace898e44ae57da46a324031adb",
-        "y_train": "a25bea736e30d166cdddb491f175f624",
-        "x_test": "2646ac647ad5339dbf082846283269ea",
-        "y_test": "27ae3e4e09519cfbb04c329615203637",
-    },
-)
-
-# Keras does not pin these; the SHA-256s are those published with the files and used by other
-# dataset loaders (checked against two independent listings), with the files' sizes in bytes.
-_FASHION_FILES = {
-    "train-labels-idx1-ubyte.gz": (
-        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
-        29_515,
-    ),
-    "train-images-idx3-ubyte.gz": (
-        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
-        26_421_880,
-    ),
-    "t10k-labels-idx1-ubyte.gz": (
-        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
-        5_148,
-    ),
-    "t10k-images-idx3-ubyte.gz": (
-        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
-        4_422_102,
-    ),
-}
-
-FASHION_MNIST = DatasetSpec(
-    name="fashion_mnist",
-    packaging="idx_gz",
-    files=tuple(
-        RemoteFile(
-            name=name,
-            url=KERAS_BUCKET + name,
-            sha256=sha256,
-            size=size,
-            keras_cache=(f"fashion-mnist/{name}",),
-        )
-        for name, (sha256, size) in _FASHION_FILES.items()
-    ),
-    image_shape=(28, 28),
-    class_names=(
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ),
-)
-
-CIFAR10 = DatasetSpec(
-    name="cifar10",
-    packaging="cifar_tar",
-    files=(
-        RemoteFile(
-            name="cifar-10-python.tar.gz",
-            url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-            sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-            size=170_498_071,
-            # Keras 3.x keeps the archive under this name; older versions used the second.
-            keras_cache=("cifar-10-batches-py-target_archive", "cifar-10-batches-py.tar.gz"),
-        ),
-    ),
-    image_shape=(32, 32, 3),
-    class_names=(
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ),
-)
-
-SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10)}
 
 
 @dataclass(frozen=True)
@@ -188,10 +32,6 @@ class RawSplits:
     x_test: np.ndarray
     y_test: np.ndarray
 
-
-# ---------------------------------------------------------------------------------------------
-# IDX, the format of the original MNIST files: a magic number (two zero bytes, a type code,
-# the number of dimensions), the dimensions as big-endian int32, then the raw data.
 
 _IDX_UBYTE = 0x08
 
@@ -235,23 +75,6 @@ def content_md5(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
         digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
         digests[name] = digest.hexdigest()
     return digests
-
-
-def sha256_file(path: Path) -> str:
-    return file_digest(path, "sha256")
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """The hex digest of a file's bytes, read in blocks (md5 is what DVC's hashes are)."""
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding each packaging.
 
 
 MNIST_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -361,7 +184,7 @@ def read_mnist_npz(
         ) from exc
 
 
-def _read_idx_gz(path: Path) -> np.ndarray:
+def read_idx_gz(path: Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as handle:
             data = handle.read()
@@ -436,69 +259,3 @@ def read_cifar_tar(path: Path) -> RawSplits:
         x_test=test[0],
         y_test=test[1],
     )
-
-
-MANIFEST = "SHA256SUMS"
-
-
-def manifest_text(folder: Path, names: list[str]) -> str:
-    """`sha256sum` lines for the named files, recorded once they have been verified."""
-    return "".join(f"{sha256_file(folder / name)}  {name}\n" for name in sorted(names))
-
-
-def check_manifest(spec: DatasetSpec, folder: Path) -> None:
-    """Fail, naming the file, if a raw file is missing or changed since it was verified."""
-    for remote in spec.files:
-        if not (folder / remote.name).is_file():
-            raise DataError(f"{folder / remote.name}: missing; run the download stage first")
-    try:
-        lines = (folder / MANIFEST).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(
-            f"{folder / MANIFEST}: missing or unreadable; run the download stage again"
-        ) from exc
-    recorded = dict(reversed(line.split("  ", 1)) for line in lines if "  " in line)
-    for remote in spec.files:
-        path = folder / remote.name
-        expected = recorded.get(remote.name)
-        found = sha256_file(path)
-        if found != expected:
-            raise DataError(
-                f"{path}: changed since it was downloaded and verified (sha256 {found}, "
-                f"manifest says {expected}); run `dvc repro -f download` to fetch it again"
-            )
-
-
-def read_raw(spec: DatasetSpec, folder: Path) -> RawSplits:
-    """Decode a dataset from its original, verified files in `folder` and check its shapes."""
-    check_manifest(spec, folder)
-    if spec.packaging == "npz":
-        splits = RawSplits(**read_mnist_npz(folder / spec.files[0].name))
-    elif spec.packaging == "idx_gz":
-        splits = RawSplits(
-            x_train=_read_idx_gz(folder / "train-images-idx3-ubyte.gz"),
-            y_train=_read_idx_gz(folder / "train-labels-idx1-ubyte.gz"),
-            x_test=_read_idx_gz(folder / "t10k-images-idx3-ubyte.gz"),
-            y_test=_read_idx_gz(folder / "t10k-labels-idx1-ubyte.gz"),
-        )
-    else:
-        splits = read_cifar_tar(folder / spec.files[0].name)
-    _check_shapes(spec, splits, folder)
-    return splits
-
-
-def _check_shapes(spec: DatasetSpec, splits: RawSplits, folder: Path) -> None:
-    for part in ("train", "test"):
-        x = getattr(splits, f"x_{part}")
-        y = getattr(splits, f"y_{part}")
-        if x.dtype != np.uint8 or x.shape[1:] != spec.image_shape:
-            raise DataError(
-                f"{folder}: {part} images should be uint8 of shape (N, "
-                f"{', '.join(map(str, spec.image_shape))}), found {x.dtype} {x.shape}"
-            )
-        if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{folder}: {len(y)} {part} labels for {len(x)} images")
-        if len(y) and int(y.max()) >= spec.num_classes:
-            raise DataError(
-                f"{folder}: {part} label {int(y.max())} is out of range 0..{spec.num_classes - 1}"
-            )

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlpipe.datasets import DatasetSpec, file_digest, sha256_file
+from mlpipe.data.digests import file_digest, sha256_file
+from mlpipe.data.specs import DatasetSpec
 from mlpipe.errors import DataError
 from mlpipe.paths import Layout
 

@@ -79,8 +79,13 @@ def plan(params: TrainParams, backend: str, environ: Mapping[str, str]) -> Role:
     """This process's role, from `train.distribution`, the Keras backend and the environment.
 
     Raises ConfigError naming the key or variable when the backend or the environment cannot
-    give the distribution asked for (`train.loop scan` with one is refused by the config).
+    give the training loop or the distribution asked for (`train.loop scan` with a
+    distribution is refused by the config).
     """
+    if params.loop == "scan" and backend != "jax":
+        raise ConfigError(
+            f"params.yaml: train.loop scan needs KERAS_BACKEND=jax (got {backend}); use loop fit"
+        )
     wanted = params.distribution
     if wanted == "none":
         if any(environ.get(name) for name in ENVIRONMENT):

@@ -3,12 +3,15 @@
 Inference is one pass through a few layers; importing TensorFlow for it cost the evaluate stage
 and `python -m mlpipe.predict` most of their time (benchmarks/run.py). `read` turns a `.keras`
 archive into a `NumpyModel` when its graph is a chain of the layers below, in float32, with
-the options `mlpipe.models` uses; anything else (another layer, option, activation or dtype,
-or a config it cannot read) is `Unsupported`, and the caller loads the archive with Keras
-instead. Each layer computes what Keras computes, in float32; sums run in another order, so
-probabilities agree with Keras's to about 1e-6. tests/test_forward.py checks the two agree on
-models of every supported shape; tests/test_pipeline.py that evaluate's metrics on the real
-model are Keras's to every digit the metrics file keeps.
+the options `mlpipe.model.architecture` uses; anything else (another layer, option,
+activation or dtype, or a config it cannot read) is `Unsupported`, and the caller loads the
+archive with Keras instead. Each layer computes what Keras computes, in float32; sums run in
+another order, so probabilities agree with Keras's to about 1e-6. tests/test_forward.py checks
+the two agree on models of every supported shape, and CI's pipeline check that evaluate's
+metrics on the real model are Keras's to every digit the metrics file keeps.
+
+This module is frozen to what `mlpipe.model.architecture` builds: it is not a general Keras
+runtime, and grows only when the architecture does (docs/decisions/0001-numpy-forward-pass.md).
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class NumpyModel:
 
 
 def read(path: Path) -> NumpyModel:
-    """The model in `path` (already checked by mlpipe.model_files) as a NumpyModel.
+    """The model in `path` (already checked by mlpipe.model.loading) as a NumpyModel.
 
     Raises Unsupported for a model it does not compute; zipfile's errors (a damaged member)
     and KeyError/ValueError (a weight missing or of the wrong shape) for a broken archive.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlpipe.datasets import RawSplits
+from mlpipe.data.formats import RawSplits
 from mlpipe.errors import ConfigError
 from mlpipe.paths import SPLITS
 

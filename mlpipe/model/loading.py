@@ -21,7 +21,7 @@ from mlpipe.errors import ModelError, first_line
 if TYPE_CHECKING:
     import keras
 
-    from mlpipe.forward import NumpyModel
+    from mlpipe.model.numpy_forward import NumpyModel
 
 # A Keras archive holds a config, a metadata file, the weights and maybe a few assets.
 MAX_MEMBERS = 1_000
@@ -96,17 +96,18 @@ def _read_directory(path: Path) -> None:
 def load_for_inference(path: Path) -> NumpyModel | keras.Model:
     """The model in a `.keras` archive, ready to predict, checked as `load_keras_model` checks.
 
-    A model of the layers this project builds runs in NumPy (`mlpipe.forward`), without
+    A model of the layers this project builds runs in NumPy (`mlpipe.model.numpy_forward`), without
     importing TensorFlow; any other is loaded by Keras, in safe mode. Both give the same
     `input_shape`, `output_shape` and `predict`.
     """
     _require_regular_file(path)
     _read_directory(path)
-    from mlpipe import forward
+
+    from mlpipe.model import numpy_forward
 
     try:
-        return forward.read(path)
-    except forward.Unsupported:
+        return numpy_forward.read(path)
+    except numpy_forward.Unsupported:
         return _load_with_keras(path)  # checked above
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise ModelError(f"{path}: damaged Keras archive ({exc})") from exc
@@ -130,7 +131,7 @@ def load_keras_model(path: Path) -> keras.Model:
 
 def _load_with_keras(path: Path) -> keras.Model:
     """`load_keras_model` for an archive whose file and directory are already checked."""
-    from mlpipe.backend import import_keras
+    from mlpipe.model.keras_import import import_keras
 
     keras = import_keras()
 

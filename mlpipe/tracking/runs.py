@@ -1,7 +1,8 @@
-"""MLflow runs: how a stage connects, how a run starts, what it records and how it ends.
+"""MLflow runs: how a stage connects, how a run is named and started, and how it ends.
 
-Where the store is and whether it is sound is `mlpipe.store`'s concern; closing runs that a
-dead process left RUNNING is `mlpipe.orphans`'.
+Where the store is and whether it is sound is `mlpipe.tracking.store`'s and
+`mlpipe.tracking.sqlite_store`'s concern; what a run records is `mlpipe.tracking.tracker`'s;
+closing runs that a dead process left RUNNING is `mlpipe.tracking.orphans`'.
 """
 
 from __future__ import annotations
@@ -10,30 +11,30 @@ import logging
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlpipe.errors import Terminated, TrackingError, first_line
-from mlpipe.orphans import close_orphaned_runs
-from mlpipe.store import (
+from mlpipe.tracking.failures import tracking_failure
+from mlpipe.tracking.orphans import close_orphaned_runs, owner_tags
+from mlpipe.tracking.reachability import check_reachable
+from mlpipe.tracking.relocation import relocate
+from mlpipe.tracking.sqlite_store import prepare
+from mlpipe.tracking.store import (
     artifact_root,
-    check_reachable,
-    prepare,
     shown_uri,
+    sqlite_path,
     store_label,
     store_lock,
-    tracking_failure,
     tracking_uri,
     use_store,
 )
+from mlpipe.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import DatasetInput
 
 log = logging.getLogger(__name__)
 
@@ -41,100 +42,12 @@ log = logging.getLogger(__name__)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
-@dataclass
-class Tracker:
-    """An MLflow run, with the time spent in MLflow calls counted (the train stage reports it)."""
-
-    client: MlflowClient
-    run_id: str
-    experiment_id: str
-    seconds: float = 0.0
-    calls: int = 0
-    _pending: Any = None  # the last batch queued for the background writer
-
-    @contextmanager
-    def timed(self) -> Iterator[None]:
-        """Count the time of the MLflow calls inside; turn their failures into one line."""
-        from mlflow.exceptions import MlflowException
-        from requests import RequestException
-        from sqlalchemy.exc import SQLAlchemyError
-
-        start = time.perf_counter()
-        try:
-            yield
-        # RequestException: an artifact upload refused or cut off by a server.
-        except (MlflowException, SQLAlchemyError, RequestException) as exc:
-            raise TrackingError(tracking_failure(exc, self.client.tracking_uri)) from exc
-        finally:
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        with self.timed():
-            self.client.log_batch(
-                self.run_id, params=[Param(key, str(value)) for key, value in params.items()]
-            )
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        with self.timed():
-            self.client.log_batch(self.run_id, metrics=_metrics(metrics, step))
-
-    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Queue an epoch's metrics for MLflow's background writer: training never waits on it.
-
-        The previous batch must have landed by now (an epoch has passed): waiting for it here
-        costs nothing, and a store that went away is reported one epoch late, not at the end.
-        """
-        with self.timed():
-            self._wait()
-            self._pending = self.client.log_batch(
-                self.run_id, metrics=_metrics(metrics, epoch), synchronous=False
-            )
-
-    def flush(self) -> None:
-        """Wait until every queued batch is written; raise if one failed."""
-        with self.timed():
-            self._wait()
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.wait()
-
-    def log_artifacts(self, folder: Path, under: str) -> None:
-        with self.timed():
-            self.client.log_artifacts(self.run_id, str(folder), under)
-
-    def log_inputs(self, datasets: list[DatasetInput]) -> None:
-        with self.timed():
-            self.client.log_inputs(self.run_id, datasets=datasets)
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        with self.timed():
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
-    def log_text(self, text: str, name: str) -> None:
-        with self.timed():
-            self.client.log_text(self.run_id, text, name)
-
-
-def _metrics(metrics: Mapping[str, float], step: int | None) -> list:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
-
-
 def connect(experiment_name: str, workspace: Path) -> tuple[MlflowClient, str]:
     """A client for the workspace's tracking store and the id of the experiment.
 
-    The store is checked (and a new one created) before MLflow opens it; the experiment is
-    created if need be, with its artifacts beside a SQLite store; runs that a dead process
-    left RUNNING are closed.
+    The store is checked (and a new one created) before MLflow opens it, and follows a moved
+    workspace; the experiment is created if need be, with its artifacts beside a SQLite
+    store; runs that a dead process left RUNNING are closed.
     """
     uri = tracking_uri(workspace)
     check_reachable(uri)
@@ -144,7 +57,11 @@ def connect(experiment_name: str, workspace: Path) -> tuple[MlflowClient, str]:
 
     try:
         with store_lock(uri):
-            prepare(uri, write=True)
+            prepare(uri)
+            store = sqlite_path(uri)
+            if store is not None:
+                # Writers follow a moved workspace; readers never rewrite the store.
+                relocate(store)
             use_store(uri)
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             experiment = client.get_experiment_by_name(experiment_name)
@@ -206,8 +123,6 @@ def run_name(client: MlflowClient, experiment_id: str, commit: str | None) -> st
 
 def run_tags(root: Path, extra: Mapping[str, str]) -> dict[str, str]:
     """Tags every training run carries: code, DVC experiment, owner process."""
-    from mlpipe.orphans import owner_tags
-
     tags = {"mlflow.source.name": "stages/train.py", "mlflow.source.type": "LOCAL", **owner_tags()}
     commit = git_commit(root)
     if commit:
@@ -293,3 +208,15 @@ def attached_run(client: MlflowClient, run_id: str) -> Iterator[Tracker]:
             f"{store_label(client.tracking_uri)}; run the train stage again"
         ) from exc
     yield Tracker(client, run_id, run.info.experiment_id)
+
+
+def connected_client(experiment_name: str, workspace: Path) -> MlflowClient:
+    """`connect`'s client alone (plot's second process prepares it while figures are drawn)."""
+    return connect(experiment_name, workspace)[0]
+
+
+def log_folder(client: MlflowClient, request: tuple[str, str, str]) -> None:
+    """Log a folder's files on an existing run: `request` is (run id, folder, artifact path)."""
+    run_id, folder, under = request
+    with attached_run(client, run_id) as tracker:
+        tracker.log_artifacts(Path(folder), under)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlpipe.errors import TrackingError
-from mlpipe.store import store_lock, tracking_failure
+from mlpipe.tracking.failures import tracking_failure
+from mlpipe.tracking.store import store_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

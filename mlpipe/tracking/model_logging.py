@@ -1,11 +1,12 @@
 """The trained model into MLflow: logged with its signature and runtime, and registered.
 
-The registered model is the pyfunc in `mlpipe/serving.py` around the Keras file, so serving
-refuses inputs that are not 0-255 pixels instead of answering a blank image.
+The registered model is the pyfunc in `mlpipe/tracking/served_model.py` around the Keras file,
+so serving refuses inputs that are not 0-255 pixels instead of answering a blank image.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import sys
@@ -16,10 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlpipe.datasets import DatasetSpec
+from mlpipe.data.specs import DatasetSpec
+from mlpipe.tracking.run_json import RunRecord
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
+
+    from mlpipe.config import Params
+    from mlpipe.tracking.tracker import Tracker
 
 
 def backend_tags() -> dict[str, str]:
@@ -51,7 +56,7 @@ def log_and_register(keras_file: Path, spec: DatasetSpec, registered_name: str) 
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mlpipe import serving
+    from mlpipe.tracking import served_model
 
     # Numbers in, so the served model sees what was sent and can refuse [0, 1] floats rather
     # than have MLflow cast them to zeros.
@@ -70,8 +75,8 @@ def log_and_register(keras_file: Path, spec: DatasetSpec, registered_name: str) 
         return _quietly(
             mlflow.pyfunc.log_model,
             name="model",
-            python_model=serving.__file__,
-            artifacts={serving.KERAS_ARTIFACT: str(named)},
+            python_model=served_model.__file__,
+            artifacts={served_model.KERAS_ARTIFACT: str(named)},
             signature=signature,
             registered_model_name=registered_name,
             pip_requirements=pip_requirements(),
@@ -88,3 +93,33 @@ def _quietly(function, *args, **kwargs):
         return function(*args, **kwargs)
     finally:
         MLFLOW_LOGGING_STREAM.enabled = was
+
+
+def log_trained_model(
+    tracker: Tracker,
+    keras_file: Path,
+    spec: DatasetSpec,
+    params: Params,
+    data_sha256: str,
+    history_csv: str,
+    example: np.ndarray,
+) -> RunRecord:
+    """Log the trained model's history, a serving example and the model on the tracker's run,
+    register it, and return the record of it that `models/run.json` keeps for later stages."""
+    tracker.log_text(history_csv, "history.csv")
+    tracker.log_text(json.dumps({"inputs": example.tolist()}), "serving_input_example.json")
+    name = params.registered_model_name
+    with tracker.timed():
+        info = log_and_register(keras_file, spec, name)
+    version = int(info.registered_model_version)
+    return RunRecord(
+        run_id=tracker.run_id,
+        experiment_id=tracker.experiment_id,
+        experiment_name=params.mlflow.experiment_name,
+        model_uri=info.model_uri,
+        registered_model_name=name,
+        registered_model_version=version,
+        registered_model_uri=f"models:/{name}/{version}",
+        dataset=spec.name,
+        data_sha256=data_sha256,
+    )

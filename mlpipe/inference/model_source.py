@@ -1,38 +1,26 @@
-"""Classifying image files with a trained model: the work behind `python -m mlpipe.predict`.
+"""Which model answers `python -m mlpipe.predict`: a `.keras` file, or a registered version.
 
-The model comes from a `.keras` file or from the MLflow registry (the champion by default),
-run in NumPy when it is built of this project's layers (mlpipe.forward), loaded in Keras safe
-mode otherwise. Images are decoded one at a time and predicted in chunks, so memory
-stays flat however many files are given; outputs that hold NaN or infinity are refused.
+The default is the champion of the dataset in params.yaml. A registry URI is read through a
+snapshot of the store (`mlpipe.tracking.snapshot`), so predicting never changes the user's
+store; an alias is resolved to its version first, so the label names the model that ran. The
+model runs in NumPy when it is built of this project's layers (`mlpipe.model.numpy_forward`),
+in Keras safe mode otherwise.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlpipe.config import load_params, registered_model_name
 from mlpipe.errors import ModelError, TrackingError, first_line
-from mlpipe.images import ImageInputError, open_image, to_model_input
 from mlpipe.paths import Layout
-from mlpipe.registry import CHAMPION
+from mlpipe.tracking.promotion import CHAMPION
 
-# Images converted and predicted together: few enough that memory stays small, enough that
-# Keras' per-call overhead is paid rarely.
-CHUNK_SIZE = 64
 DEFAULT_PREFIX = "keras-tutorial"  # the registered-model prefix when there is no params.yaml
-
-
-@dataclass(frozen=True)
-class Prediction:
-    file: str
-    top: list[tuple[str, float]]  # (class name, probability), most likely first
 
 
 def default_model_uri(layout: Layout, dataset: str | None) -> tuple[str, str]:
@@ -48,11 +36,9 @@ def default_model_uri(layout: Layout, dataset: str | None) -> tuple[str, str]:
 
 
 def load_model(layout: Layout, source: str) -> tuple[Any, str]:
-    """A model from a `.keras` file or an MLflow model URI, ready to predict (mlpipe.forward, or
-    Keras in safe mode), and which one it is: the file, or the registered model's name and
-    version (an alias is resolved to its version first, so the label is the model that
-    answers)."""
-    from mlpipe.model_files import load_for_inference
+    """A model from a `.keras` file or an MLflow model URI, ready to predict, and which one it
+    is: the file, or the registered model's name and version."""
+    from mlpipe.model.loading import load_for_inference
 
     if "://" not in source and not source.startswith(("models:", "runs:")):
         if Path(source).is_dir():
@@ -61,28 +47,24 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from mlpipe.server_access import refusal
-    from mlpipe.store import (
-        check_reachable,
-        prepare,
-        readable,
-        store_label,
-        tracking_uri,
-        use_store,
-    )
+    from mlpipe.tracking.reachability import check_reachable
+    from mlpipe.tracking.server_access import refusal
+    from mlpipe.tracking.snapshot import Snapshot, reading
+    from mlpipe.tracking.store import store_label, tracking_uri, use_store
 
     uri = tracking_uri(layout.workspace)
-    if source.startswith(("models:", "runs:")):
+    in_store = source.startswith(("models:", "runs:"))
+    with ExitStack() as stack:
         try:
             # A server that is away or refuses the login is said so, before the download.
-            if uri.startswith(("http://", "https://")):
+            if in_store and uri.startswith(("http://", "https://")):
                 check_reachable(uri)
-            # Reading only: a store that does not exist is not created, a read-only one is read.
-            prepare(uri, write=False)
+            # Read through a copy of a SQLite store: nothing of the workspace is changed.
+            store = stack.enter_context(reading(uri)) if in_store else Snapshot(uri)
         except TrackingError as exc:
             raise ModelError(f"model {source}: {exc}") from exc
-    with readable(uri) as reading, tempfile.TemporaryDirectory(prefix="mlpipe-model-") as scratch:
-        use_store(reading)
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlpipe-model-"))
+        use_store(store.uri)
         try:
             fetched, label = _pinned(source)
             folder = Path(
@@ -122,35 +104,3 @@ def _pinned(source: str) -> tuple[str, str]:
         version = MlflowClient().get_model_version_by_alias(name, alias).version
         return f"models:/{name}/{version}", f"{name} version {version} ({alias})"
     return source, f"{name} version {version}"
-
-
-def _chunks(paths: list[Path]) -> Iterator[list[Path]]:
-    for start in range(0, len(paths), CHUNK_SIZE):
-        yield paths[start : start + CHUNK_SIZE]
-
-
-def _model_input(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """One file decoded and converted; its full-size pixels are dropped on return."""
-    image = open_image(path)  # its errors name the file already
-    try:
-        return to_model_input(image, shape)
-    except ImageInputError as exc:
-        raise ImageInputError(f"{path}: {exc}") from exc
-
-
-def classify(
-    model, paths: list[Path], class_names: tuple[str, ...], top: int, source: str
-) -> list[Prediction]:
-    """The `top` classes for each file, decoding one image at a time, predicting per chunk."""
-    from mlpipe.evaluation import check_model_outputs
-
-    shape = tuple(model.input_shape[1:])
-    results = []
-    for chunk in _chunks(paths):
-        batch = np.stack([_model_input(path, shape) for path in chunk])
-        probabilities = np.asarray(model.predict(batch, verbose=0))
-        check_model_outputs(probabilities, len(class_names), source)
-        for path, row in zip(chunk, probabilities, strict=True):
-            best = np.argsort(-row, kind="stable")[:top]
-            results.append(Prediction(str(path), [(class_names[i], float(row[i])) for i in best]))
-    return results

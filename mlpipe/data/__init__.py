@@ -1,0 +1,1 @@
+"""Datasets: their specs, formats, download, preprocessing and the processed splits."""

@@ -1,0 +1,1 @@
+"""Keras models: architecture, training loops, sizing, distribution, loading, the NumPy pass."""

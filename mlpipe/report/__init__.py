@@ -1,0 +1,1 @@
+"""What evaluate and plot make of a model: test-set metrics, tables and figures."""

@@ -1,0 +1,1 @@
+"""MLflow: the store, runs and what they record, the registry, the served model."""
