@@ -36,11 +36,15 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 pipeline: setup
 	dvc repro
 
+# One worker per core, at most four; each test file runs whole in one worker, so a module's
+# services (PostgreSQL, a server) start once, and each worker builds the session's worlds.
+PARALLEL := -n auto --maxprocesses 4 --dist loadfile
+
 test: setup-dev
-	python -m pytest --durations=15
+	python -m pytest $(PARALLEL) --durations=15
 
 test-fast: setup-dev
-	python -m pytest -m "not slow" --durations=15
+	python -m pytest $(PARALLEL) -m "not slow" --durations=15
 
 # The MLflow UI on the workspace's runs, at the page that lists them (make ui UI_PORT=5001).
 UI_PORT ?= 5000

@@ -121,10 +121,15 @@ def execute(name: str, main: Callable[[], None]) -> int:
     global _stopped_by
     configure_logging()
     _stopped_by = None
-    previous = {sent: signal.signal(sent, _stop) for sent in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sent: signal.getsignal(sent) for sent in (signal.SIGTERM, signal.SIGINT)}
+    for sent, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # a stage started ignoring Ctrl-C (nohup) keeps doing so
+            signal.signal(sent, _stop)
     log = logging.getLogger(name)
     try:
         main()
+        if _stopped_by is not None:  # received, and its exception lost, after the last epoch
+            _raise_stop(_stopped_by)
     except PipelineError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -146,7 +151,7 @@ def execute(name: str, main: Callable[[], None]) -> int:
     finally:
         _stopped_by = None
         for sent, handler in previous.items():
-            signal.signal(sent, handler)
+            signal.signal(sent, signal.SIG_DFL if handler is None else handler)
     return 0
 
 

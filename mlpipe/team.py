@@ -35,7 +35,7 @@ from mlpipe.paths import HERE
 from mlpipe.runner import execute
 from mlpipe.tracking.failures import tracking_failure
 from mlpipe.tracking.reachability import check_reachable
-from mlpipe.tracking.runs import EXPERIMENT_TAGS
+from mlpipe.tracking.run_lifecycle import EXPERIMENT_TAGS
 from mlpipe.tracking.server_access import refused_status
 from mlpipe.tracking.store import shown_uri
 
@@ -52,6 +52,11 @@ PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
 # What a user gets on what they did not create: they can read it and build on it (compare runs,
 # load a model), never change or delete it.
 DEFAULT_PERMISSION = "READ"
+# How long each server worker trusts a login it has verified: checking a password hash costs
+# tens of milliseconds by design and MLflow's login checks it several times per request (about
+# 1 s per request on 2 cores). A changed password or removed user is refused by every worker
+# within this time (docs/decisions/0007-login-cache.md).
+LOGIN_CACHE_S = 30
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -146,6 +151,7 @@ def auth_config(default_permission: str, database_uri: str, admin_username: str)
         f"database_uri = {database_uri.replace('%', '%%')}\n"
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {LOGIN_CACHE_S}\n"
     )
 
 

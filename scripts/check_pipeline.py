@@ -106,10 +106,12 @@ def check_mlflow_run(layout: Layout) -> str:
 
 def check_evaluate_is_keras(layout: Layout) -> str:
     """evaluate runs the model in NumPy: its metrics and predicted classes are Keras's own."""
-    import keras
     import pandas as pd
 
+    from mlpipe.model.keras_import import import_keras
     from mlpipe.report.evaluation import evaluate
+
+    keras = import_keras()  # TensorFlow's start-up notices left out, as in the stages
 
     metrics = json.loads(layout.metrics_file.read_text())
     model = keras.saving.load_model(layout.model_file, compile=False)

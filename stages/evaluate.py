@@ -39,7 +39,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     # for a model built of others, once the cheap checks have passed.
     from mlpipe.model.loading import check_output_count, load_for_inference
     from mlpipe.tracking.promotion import promote
-    from mlpipe.tracking.runs import attached_run, connect
+    from mlpipe.tracking.run_lifecycle import attached_run, connect
 
     source = layout.model_file
     model = load_for_inference(source)

@@ -23,12 +23,11 @@ from mlpipe.config import Params, load_params
 from mlpipe.data.specs import SPECS
 from mlpipe.data.splits import load_split
 from mlpipe.paths import HERE, Layout
-from mlpipe.report import figures
 from mlpipe.report.tables import read_reports
 from mlpipe.runner import run_stage
 from mlpipe.tracking.mlflow_process import alongside
 from mlpipe.tracking.run_json import RunRecord
-from mlpipe.tracking.runs import connected_client, log_folder
+from mlpipe.tracking.run_lifecycle import connected_client, log_folder
 
 log = logging.getLogger("plot")
 
@@ -41,6 +40,8 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     # drawn here; it logs them when they are ready.
     prepare = partial(connected_client, record.experiment_name, layout.workspace)
     with alongside(prepare, log_folder) as log_figures:
+        from mlpipe.report import figures  # matplotlib, while the other process loads MLflow
+
         reports = read_reports(layout)
         train = load_split(layout, "train", spec)
         test = load_split(layout, "test", spec)

@@ -25,11 +25,9 @@ from mlpipe.model import distribution
 from mlpipe.model.sizing import check_fits_in_memory
 from mlpipe.paths import HERE, Layout
 from mlpipe.runner import run_stage
-from mlpipe.tracking.runs import connect, run_tags, tracked_run
+from mlpipe.tracking.run_lifecycle import connect, run_tags, tracked_run
 
 log = logging.getLogger("train")
-
-EXAMPLE_SIZE = 5  # validation images in the logged serving example
 
 
 def main(layout: Layout = HERE, params: Params | None = None) -> None:
@@ -83,14 +81,15 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         result = fit(engine, tracker.log_epoch)
         tracker.flush()
         model.save(model_temp)
-        history_temp.write_text(result.history_csv(), encoding="utf-8")
-        example = splits["val"][0][:EXAMPLE_SIZE]
+        history = result.history_csv()
+        history_temp.write_text(history, encoding="utf-8")
         record = model_logging.log_trained_model(
-            tracker, model_temp, spec, params, digest, result.history_csv(), example
+            tracker, model_temp, spec, params, digest, (layout.history_file.name, history), splits
         )
         record_temp.write_text(record.text(), encoding="utf-8")
         tracker.record_timings(len(result.history), result.fit_seconds)
-    log.info("registered %s; model in %s", record.registered_model_uri, outputs[0])
+    name, version = record.registered_model_name, record.registered_model_version
+    log.info("registered %s version %d; model in %s", name, version, outputs[0])
 
 
 if __name__ == "__main__":

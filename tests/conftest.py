@@ -37,7 +37,7 @@ def isolated_env(
     monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
     for name in ISOLATED_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("mlpipe.data.transfer.BACKOFF_S", 0.01)
+    monkeypatch.setattr("mlpipe.data.http_fetch.BACKOFF_S", 0.01)
     yield
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)

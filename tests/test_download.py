@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpipe.data import transfer
+from mlpipe.data import http_fetch
 from mlpipe.data.download import download_dataset, verify
 from mlpipe.data.raw import read_raw
 from mlpipe.data.specs import DatasetSpec
@@ -60,7 +60,7 @@ def test_truncated_transfer_is_retried_then_reported(origin: FileServer, tmp_pat
     dest = tmp_path / "raw"
     with pytest.raises(DownloadError, match="transfer failed"):
         fetch_all(spec, dest)
-    assert origin.requests.count("mnist.npz") == transfer.RETRIES + 1
+    assert origin.requests.count("mnist.npz") == http_fetch.RETRIES + 1
     assert files_under(dest) == []
 
 
@@ -83,7 +83,7 @@ def test_persistent_503_gives_up(origin: FileServer, tmp_path: Path) -> None:
     origin.faults["mnist.npz"] = [503] * 20
     with pytest.raises(DownloadError, match="canonical address"):
         fetch_all(spec, tmp_path / "raw")
-    assert origin.requests.count("mnist.npz") == transfer.RETRIES + 1
+    assert origin.requests.count("mnist.npz") == http_fetch.RETRIES + 1
 
 
 def test_404_is_not_retried(origin: FileServer, tmp_path: Path) -> None:

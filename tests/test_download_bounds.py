@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlpipe.data import sources, transfer
+from mlpipe.data import http_fetch, sources
 from mlpipe.data.download import download_dataset
 from mlpipe.data.formats import check_mnist_npz
 from mlpipe.data.specs import MNIST, SPECS, DatasetSpec
@@ -87,7 +87,7 @@ def test_trickling_mirror_is_given_up_at_the_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """1 KiB every 0.2 s would take ~10 s; the 1 s deadline ends it as data arrives."""
-    monkeypatch.setattr(transfer, "SOURCE_DEADLINE_S", 1.0)
+    monkeypatch.setattr(http_fetch, "SOURCE_DEADLINE_S", 1.0)
     spec = good_spec(origin, mirror)
     mirror.faults["mnist.npz"] = ["trickle"] * 5
     served_by, elapsed = fetch_timed(spec, tmp_path / "raw")
@@ -107,7 +107,7 @@ def test_silent_mirror_is_given_up_at_the_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Accepts, never answers: the read timeout (20 s) is cut to the time left (1 s)."""
-    monkeypatch.setattr(transfer, "SOURCE_DEADLINE_S", 1.0)
+    monkeypatch.setattr(http_fetch, "SOURCE_DEADLINE_S", 1.0)
     spec = good_spec(origin, mirror)
     mirror.faults["mnist.npz"] = ["silent"] * 5
     served_by, elapsed = fetch_timed(spec, tmp_path / "raw")
@@ -125,7 +125,7 @@ def test_redirect_chain_is_given_up_at_the_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Each hop answers in time, but 30 hops of 0.2 s would outlast the 1 s deadline."""
-    monkeypatch.setattr(transfer, "SOURCE_DEADLINE_S", 1.0)
+    monkeypatch.setattr(http_fetch, "SOURCE_DEADLINE_S", 1.0)
     spec = good_spec(origin, mirror)
     mirror.faults["mnist.npz"] = ["redirect"] * 100
     served_by, elapsed = fetch_timed(spec, tmp_path / "raw")
@@ -137,9 +137,9 @@ def test_redirect_chain_is_given_up_at_the_deadline(
 
 def test_big_files_get_time_for_their_size() -> None:
     """The deadline is a minute, longer only where the file needs it at a modest rate."""
-    assert transfer.deadline_s(MNIST.files[0]) == transfer.SOURCE_DEADLINE_S == 60
-    cifar = transfer.deadline_s(SPECS["cifar10"].files[0])
-    assert transfer.SOURCE_DEADLINE_S < cifar < 3 * 60
+    assert http_fetch.deadline_s(MNIST.files[0]) == http_fetch.SOURCE_DEADLINE_S == 60
+    cifar = http_fetch.deadline_s(SPECS["cifar10"].files[0])
+    assert http_fetch.SOURCE_DEADLINE_S < cifar < 3 * 60
 
 
 # --- Size -----------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_full_disk_names_the_file_and_folder_and_stops(
     def full_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         return FullDisk() if "w" in mode else real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(transfer, "open", full_open, raising=False)
+    monkeypatch.setattr(http_fetch, "open", full_open, raising=False)
     dest = tmp_path / "raw"
     with pytest.raises(DownloadError) as caught:
         download_dataset(spec, dest)
@@ -364,13 +364,13 @@ def test_mirror_credentials_never_printed(
     monkeypatch.setenv("DATA_MIRROR", mirror.url.replace("://", f"://reader:{SECRET}@"))
     mirror.faults["mnist.npz"] = ["truncate"] * 10
     descriptions: list[str] = []
-    real_tqdm = transfer.tqdm
+    real_tqdm = http_fetch.tqdm
 
     def recording_tqdm(*args: Any, **kwargs: Any) -> Any:
         descriptions.append(str(kwargs.get("desc")))
         return real_tqdm(*args, **kwargs)
 
-    monkeypatch.setattr(transfer, "tqdm", recording_tqdm)
+    monkeypatch.setattr(http_fetch, "tqdm", recording_tqdm)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DownloadError) as caught:
         download_dataset(spec, tmp_path / "raw")

@@ -48,9 +48,9 @@ def test_run_of_a_live_process_is_not_closed(
     """Orphan detection checks the owner is gone: a dead process's run is closed KILLED (as
     `kill -9` leaves it; through DVC in tests/test_reliability_dvc.py), a concurrent stage's
     run stays RUNNING."""
-    from mlpipe.tracking import orphans, runs
+    from mlpipe.tracking import orphans, run_lifecycle
 
-    client, experiment = runs.connect("keras-tutorial", workspace)
+    client, experiment = run_lifecycle.connect("keras-tutorial", workspace)
     alive = client.create_run(experiment, tags=orphans.owner_tags())
     orphan = client.create_run(
         experiment, tags={**orphans.owner_tags(), orphans.TAG_PID: str(dead_pid())}
@@ -76,12 +76,12 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from mlpipe.tracking import orphans, runs
+    from mlpipe.tracking import orphans, run_lifecycle
     start = float(sys.argv[1])
     while time.time() < start:
         time.sleep(0.005)
-    client, experiment = runs.connect("race", Path.cwd())
-    with runs.tracked_run(client, experiment, orphans.owner_tags()) as tracker:
+    client, experiment = run_lifecycle.connect("race", Path.cwd())
+    with run_lifecycle.tracked_run(client, experiment, orphans.owner_tags()) as tracker:
         for epoch in range(1, 21):
             tracker.log_metrics({"loss": 1 / epoch, "accuracy": epoch / 20}, step=epoch)
         try:

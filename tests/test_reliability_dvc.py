@@ -110,9 +110,9 @@ def test_kill_9_mid_training_then_repro_completes(repo: Path) -> None:
 
 
 def test_second_repro_fails_at_once_on_the_lock(repo: Path) -> None:
-    set_epochs(repo, 40, 32)
+    set_epochs(repo, 20, 32)  # long enough to hold the lock while the second one tries
     first = dvc_popen(repo)
-    wait_for_epoch(first, "epoch 2/40")
+    wait_for_epoch(first, "epoch 2/20")
     started = time.monotonic()
     second = dvc(repo, "repro", timeout=60)
     assert time.monotonic() - started < 20

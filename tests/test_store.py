@@ -299,7 +299,7 @@ def moved_workspace(tmp_path: Path) -> tuple[Path, Path, str]:
     `old` to `new`; the run's id."""
     from mlflow import MlflowClient
 
-    from mlpipe.tracking.runs import connect
+    from mlpipe.tracking.run_lifecycle import connect
 
     old = tmp_path / "old"
     old.mkdir()
@@ -318,7 +318,7 @@ def moved_workspace(tmp_path: Path) -> tuple[Path, Path, str]:
 def test_the_next_writing_stage_points_a_moved_store_at_its_workspace(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mlpipe.tracking.runs import connect
+    from mlpipe.tracking.run_lifecycle import connect
 
     old, new, run_id = moved_workspace(tmp_path)
     with caplog.at_level("WARNING"):
@@ -364,7 +364,7 @@ def test_a_reader_sees_what_a_running_writer_has_committed_and_leaves_its_files(
     copy carries them, and the store's own files are not touched."""
     from mlflow import MlflowClient
 
-    from mlpipe.tracking.runs import connect
+    from mlpipe.tracking.run_lifecycle import connect
 
     client, _ = connect("e", tmp_path)
     os.environ.pop("MLFLOW_TRACKING_URI")
@@ -409,7 +409,7 @@ def test_relocation_rewrites_every_location_column_of_mlflows_schema() -> None:
 
 
 def test_store_moved_without_its_artifacts_says_what_to_move(tmp_path: Path) -> None:
-    from mlpipe.tracking.runs import connect
+    from mlpipe.tracking.run_lifecycle import connect
 
     old, new, _ = moved_workspace(tmp_path)
     elsewhere = tmp_path / "elsewhere"
@@ -478,7 +478,7 @@ def test_a_database_with_mlflow_like_table_names_and_data_is_never_rebuilt(tmp_p
 
 @pytest.mark.parametrize("name", ["sp ace", "ünï", "semi;colon"])
 def test_odd_but_safe_folder_names_keep_the_store_inside(tmp_path: Path, name: str) -> None:
-    from mlpipe.tracking.runs import connect
+    from mlpipe.tracking.run_lifecycle import connect
 
     workspace = tmp_path / name
     workspace.mkdir()
@@ -496,7 +496,7 @@ def test_odd_but_safe_folder_names_keep_the_store_inside(tmp_path: Path, name: s
 def test_folders_a_uri_would_misread_are_refused_and_nothing_is_written(
     tmp_path: Path, name: str
 ) -> None:
-    from mlpipe.tracking.runs import connect
+    from mlpipe.tracking.run_lifecycle import connect
 
     workspace = tmp_path / name
     workspace.mkdir()

@@ -147,6 +147,11 @@ def test_only_the_team_gets_in(server: TeamServer) -> None:
     assert wrong.status_code == 401
     right = requests.get(api, params={"max_results": 1}, auth=(MEMBER, MEMBER_PASSWORD), timeout=10)
     assert right.status_code == 200
+    # A login the server remembers (its 30 s cache) is that password's only: a wrong one for
+    # the same user is still refused, on every worker.
+    for _ in range(4):
+        again = requests.get(api, params={"max_results": 1}, auth=(MEMBER, "guess"), timeout=10)
+        assert again.status_code == 401
     # No secret on a command line: the server and its workers were started without one.
     import psutil
 

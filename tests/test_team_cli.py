@@ -95,6 +95,8 @@ def test_auth_configuration_holds_no_secret() -> None:
     assert "default_permission = READ" in text
     assert "database_uri = postgresql://mlflow@db/mlflow_auth" in text
     assert "password" not in text
+    # Verified logins are trusted for 30 s by each worker, not re-hashed on every request.
+    assert "auth_cache_ttl_seconds = 30" in text
     # configparser would read a URL-encoded `%` as interpolation.
     assert "database_uri = postgresql://m%%40x@db/auth" in team.auth_config(
         "READ", "postgresql://m%40x@db/auth", "a"

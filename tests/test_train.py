@@ -111,7 +111,7 @@ def test_a_stop_signal_lost_in_a_finalizer_still_stops_training(
     from mlpipe.tracking.tracker import Tracker
 
     write_processed(workspace)
-    set_params(workspace, **{**QUICK, "train__epochs": 4})
+    set_params(workspace, **{**QUICK, "train__epochs": 3})
 
     class Finalized:
         def __del__(self) -> None:

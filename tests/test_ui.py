@@ -1,4 +1,6 @@
-"""`make ui` (python -m mlpipe.ui): the MLflow UI on the workspace's runs, at their page."""
+"""`make ui` (python -m mlpipe.ui): the MLflow UI on the workspace's runs, at their page.
+
+The UI started and its pages seen in headless Chromium: tests/test_browser.py."""
 
 from __future__ import annotations
 
@@ -7,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 from mlpipe.ui import runs_link
-from tests.conftest import error_lines, free_port, script_module, stage_env
+from tests.conftest import error_lines, free_port, stage_env
 
 
 def test_link_asks_for_the_training_view() -> None:
@@ -31,18 +32,6 @@ def test_without_a_store_it_says_so_and_creates_none(workspace: Path) -> None:
     [line] = error_lines(result.stderr)
     assert "no MLflow store here; run the pipeline first" in line
     assert not (workspace / "mlflow.db").exists()
-
-
-@pytest.mark.slow
-def test_ui_starts_on_the_store_and_prints_the_runs_link(trained: Path) -> None:
-    """The UI answers at the printed address (what the page shows: tests/test_browser.py)."""
-    script = script_module("ui_screenshots")
-    process, link = script.start_ui(trained, free_port())
-    try:
-        assert link.endswith("/#/experiments/1/runs?workflowType=machine_learning")
-        assert requests.get(link.split("#")[0], timeout=10).status_code == 200
-    finally:
-        script.stop(process)
 
 
 def test_on_a_moved_workspace_it_says_so_and_changes_nothing(

@@ -1,6 +1,6 @@
 """Placing a verified copy of each dataset file, from the first source that has one.
 
-Every candidate (`mlpipe.data.sources`) is copied or streamed (`mlpipe.data.transfer`) to a
+Every candidate (`mlpipe.data.sources`) is copied or streamed (`mlpipe.data.http_fetch`) to a
 temp file beside its final name, verified against the published hash or, for a re-packed
 mirror copy, against the canonical content, and only then renamed into place.
 """
@@ -20,10 +20,10 @@ import requests
 from mlpipe.atomic import atomic_path, write_text
 from mlpipe.data.digests import sha256_file
 from mlpipe.data.formats import content_md5, read_mnist_npz
+from mlpipe.data.http_fetch import NotThere, session, stream
 from mlpipe.data.raw import MANIFEST, manifest_text
 from mlpipe.data.sources import MIRROR_ENV, Source, sources
 from mlpipe.data.specs import DatasetSpec, RemoteFile
-from mlpipe.data.transfer import NotThere, session, stream
 from mlpipe.errors import DataError, DownloadError, redact
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,13 @@ from mlpipe.paths import Layout
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput
 
+Split = tuple[np.ndarray, np.ndarray]  # a split's images and labels
+
 # MLflow's names for what a dataset was used for (its UI shows them beside the dataset).
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
-def load_split(layout: Layout, split: str, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+def load_split(layout: Layout, split: str, spec: DatasetSpec) -> Split:
     """Images (uint8, the dataset's shape) and integer labels of one processed split."""
     path = layout.split_file(split)
     if not path.is_file():

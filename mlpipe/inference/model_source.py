@@ -50,7 +50,7 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
     from mlpipe.tracking.reachability import check_reachable
     from mlpipe.tracking.server_access import refusal
     from mlpipe.tracking.snapshot import Snapshot, reading
-    from mlpipe.tracking.store import store_label, tracking_uri, use_store
+    from mlpipe.tracking.store import store_label, tracking_uri, using_store
 
     uri = tracking_uri(layout.workspace)
     in_store = source.startswith(("models:", "runs:"))
@@ -64,7 +64,7 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
         except TrackingError as exc:
             raise ModelError(f"model {source}: {exc}") from exc
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlpipe-model-"))
-        use_store(store.uri)
+        stack.enter_context(using_store(store.uri))
         try:
             fetched, label = _pinned(source)
             folder = Path(

@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 
 from mlpipe.config import DISTRIBUTIONS, TrainParams
+from mlpipe.data.splits import Split
 from mlpipe.errors import ConfigError, PipelineError, first_line
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ MAX_PROCESSES = 4096
 # How long a process waits for the whole job to join. JAX's own limit (300 s) ends in a native
 # abort with a stack trace; this one, a little earlier, in one line.
 JOIN_TIMEOUT_S = 280.0
-README_SECTION = "README: Training on several devices or hosts"
+README_SECTION = "docs/distributed.md"
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 
 
@@ -152,9 +153,6 @@ def _addresses(text: str, processes: int) -> str:
                 f"a port from 1 to 65535 (got {entry[:60]!r})"
             )
     return ",".join(entries)
-
-
-Split = tuple[np.ndarray, np.ndarray]  # images and labels
 
 
 def shard(splits: dict[str, Split], role: Role, multiple: int = 1) -> dict[str, Split]:

@@ -6,7 +6,7 @@ archive into a `NumpyModel` when its graph is a chain of the layers below, in fl
 the options `mlpipe.model.architecture` uses; anything else (another layer, option,
 activation or dtype, or a config it cannot read) is `Unsupported`, and the caller loads the
 archive with Keras instead. Each layer computes what Keras computes, in float32; sums run in
-another order, so probabilities agree with Keras's to about 1e-6. tests/test_forward.py checks
+another order, so probabilities agree with Keras's to about 1e-6. tests/test_numpy_forward.py checks
 the two agree on models of every supported shape, and CI's pipeline check that evaluate's
 metrics on the real model are Keras's to every digit the metrics file keeps.
 

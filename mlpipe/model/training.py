@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from mlpipe.config import TrainParams
+from mlpipe.data.splits import Split
 from mlpipe.runner import raise_if_stopped
 
 if TYPE_CHECKING:
@@ -94,9 +95,6 @@ class TrainResult:
         import pandas as pd
 
         return pd.DataFrame(self.history).to_csv(index=False)
-
-
-Split = tuple[np.ndarray, np.ndarray]  # images and labels
 
 
 def fit(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlpipe.data.specs import DatasetSpec
+from mlpipe.data.splits import Split
 from mlpipe.tracking.run_json import RunRecord
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
     from mlpipe.config import Params
     from mlpipe.tracking.tracker import Tracker
+
+EXAMPLE_SIZE = 5  # validation images in the logged serving example
 
 
 def backend_tags() -> dict[str, str]:
@@ -101,13 +104,16 @@ def log_trained_model(
     spec: DatasetSpec,
     params: Params,
     data_sha256: str,
-    history_csv: str,
-    example: np.ndarray,
+    history: tuple[str, str],
+    splits: dict[str, Split],
 ) -> RunRecord:
-    """Log the trained model's history, a serving example and the model on the tracker's run,
-    register it, and return the record of it that `models/run.json` keeps for later stages."""
-    tracker.log_text(history_csv, "history.csv")
-    tracker.log_text(json.dumps({"inputs": example.tolist()}), "serving_input_example.json")
+    """Log the trained model's history (its file name and CSV text), a serving example of
+    validation images and the model on the tracker's run, register it, and return the record
+    of it that `models/run.json` keeps for later stages."""
+    history_name, history_csv = history
+    tracker.log_text(history_csv, history_name)
+    example = {"inputs": splits["val"][0][:EXAMPLE_SIZE].tolist()}
+    tracker.log_text(json.dumps(example), "serving_input_example.json")
     name = params.registered_model_name
     with tracker.timed():
         info = log_and_register(keras_file, spec, name)

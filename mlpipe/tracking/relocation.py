@@ -38,47 +38,44 @@ LOCATION_COLUMNS = (
 _WORKSPACE_LOCATION = re.compile(rf"^(file://)?(/.*)/{ARTIFACTS_DIR}$")
 
 
-def relocate(store: Path) -> None:
-    """Point a moved or copied workspace's store at its own artifacts; for writing stages."""
-    root = store.parent.resolve()
-    for old in former_places(store):
-        changed = rewrite_locations(store, old, root)
-        log.warning(
-            "%s: the workspace moved from %s to %s; %d artifact locations now point here",
-            store,
-            old,
-            root,
-            changed,
-        )
+def relocate(database: Path, copy: Path | None = None) -> list[Path]:
+    """Point a moved or copied workspace's store at its own artifacts; return its former places.
 
-
-def relocate_copy(store: Path, copy: Path) -> list[Path]:
-    """Rewrite, in `copy` (a reader's snapshot of `store`), the locations a moved workspace's
-    store still gives under its former places; `store` itself is left as it is. Returns the
-    former places."""
-    former = former_places(store, copy)
+    Writing stages rewrite `database` itself, with a log line. A reader passes `copy`, its
+    snapshot of `database`: only the copy is rewritten, quietly, and `database` is left as it is.
+    """
+    root = database.parent.resolve()
+    former = former_places(database, copy)
     for old in former:
-        rewrite_locations(copy, old, store.parent.resolve(), shown=store)
+        changed = rewrite_locations(copy or database, old, root, shown=database)
+        if copy is None:
+            log.warning(
+                "%s: the workspace moved from %s to %s; %d artifact locations now point here",
+                database,
+                old,
+                root,
+                changed,
+            )
     return former
 
 
-def former_places(store: Path, copy: Path | None = None) -> list[Path]:
-    """The folders the workspace of `store` was in before it was moved or copied (read from
+def former_places(database: Path, copy: Path | None = None) -> list[Path]:
+    """The folders the workspace of `database` was in before it was moved or copied (read from
     `copy`, a snapshot of it, when given); none for a store that never moved.
 
     Raises TrackingError when the workspace moved without its artifacts folder: no run of it
     could be read or written then.
     """
-    root = store.parent.resolve()
-    locations = _experiment_locations(copy or store, store)
+    root = database.parent.resolve()
+    locations = _experiment_locations(copy or database, database)
     former = {_workspace_of(location) for location in locations} - {None, root}
     places = []
     for old in sorted(former):
-        if (old / STORE_FILE).exists() and (old / STORE_FILE).samefile(store):
+        if (old / STORE_FILE).exists() and (old / STORE_FILE).samefile(database):
             continue  # The same folder under another name (a symlink): nothing moved.
         if (old / ARTIFACTS_DIR).is_dir() and not (root / ARTIFACTS_DIR).is_dir():
             raise TrackingError(
-                f"{store}: was moved from {old} without its {ARTIFACTS_DIR}/ folder; move "
+                f"{database}: was moved from {old} without its {ARTIFACTS_DIR}/ folder; move "
                 f"{old / ARTIFACTS_DIR} to {root / ARTIFACTS_DIR} and run again"
             )
         places.append(old)

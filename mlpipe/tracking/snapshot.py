@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import errno
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipe.errors import TrackingError
-from mlpipe.tracking.relocation import relocate_copy
+from mlpipe.tracking import store
+from mlpipe.tracking.relocation import relocate
 from mlpipe.tracking.sqlite_store import check_file, inspect_store
 from mlpipe.tracking.store import sqlite_path, sqlite_uri
 
-# A stage writing the store while it is copied changes it; the copy is made again, this often.
-COPY_ATTEMPTS = 5
-RETRY_WAIT_S = 0.1
+# A stage writing the store while it is copied changes it: the copy is made again, after a
+# wait that doubles from this, for up to the store's busy timeout.
+RETRY_WAIT_S = 0.05
+# The files beside a database that hold what is not yet in it.
+JOURNALS = ("-wal", "-journal")
+NONE_HERE = "no MLflow store here; run the pipeline first"
 
 
 @dataclass(frozen=True)
@@ -52,42 +57,54 @@ def reading(uri: str) -> Iterator[Snapshot]:
         return
     check_file(path)
     if not path.exists():
-        raise TrackingError(f"{path}: no MLflow store here; run the pipeline first")
+        raise TrackingError(f"{path}: {NONE_HERE}")
     with tempfile.TemporaryDirectory(prefix="mlpipe-store-") as scratch:
         copy = Path(scratch) / path.name
         _copy_as_of_one_moment(path, copy)
         if inspect_store(copy, shown=path) != "mlflow":
             raise TrackingError(f"{path}: an MLflow store without runs yet; run the pipeline first")
-        yield Snapshot(sqlite_uri(copy), tuple(relocate_copy(path, copy)))
+        yield Snapshot(sqlite_uri(copy), tuple(relocate(path, copy)))
 
 
 def _copy_as_of_one_moment(path: Path, copy: Path) -> None:
-    """Copy the database and its write-ahead log as both were at one moment: again when either
-    changed while they were copied (a stage writing the store meanwhile)."""
-    journal, copied_journal = Path(f"{path}-wal"), Path(f"{copy}-wal")
-    for _ in range(COPY_ATTEMPTS):
-        before = _stamps(path, journal)
+    """Copy the database and its journal (a write-ahead log, or a rollback journal a writer
+    left) as all were at one moment: again, for up to `BUSY_TIMEOUT_S`, when any changed while
+    they were copied (a stage writing the store meanwhile) or the copy is not whole."""
+    sides = [Path(f"{path}{end}") for end in JOURNALS]
+    deadline = time.monotonic() + store.BUSY_TIMEOUT_S
+    wait = RETRY_WAIT_S
+    while True:
+        before = _stamps(path, *sides)
         try:
             shutil.copyfile(path, copy)
-            if journal.exists():
-                shutil.copyfile(journal, copied_journal)
-            else:
-                copied_journal.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass  # the journal went away between the check and the copy: a checkpoint
+            for side, end in zip(sides, JOURNALS, strict=True):
+                copied = Path(f"{copy}{end}")
+                if side.exists():
+                    shutil.copyfile(side, copied)
+                else:
+                    copied.unlink(missing_ok=True)
+        except FileNotFoundError as exc:
+            if not path.exists():
+                raise TrackingError(
+                    f"{path}: no MLflow store here; run the pipeline first"
+                ) from exc
+            # A journal went away between the check and the copy (a checkpoint): again.
         except OSError as exc:
             raise TrackingError(_copy_failure(path, copy, exc)) from exc
         else:
-            if _stamps(path, journal) == before:
+            if _stamps(path, *sides) == before and _whole(copy):
                 return
-        time.sleep(RETRY_WAIT_S)
-    raise TrackingError(
-        f"{path}: changed each of {COPY_ATTEMPTS} times it was read (a stage is writing it); "
-        "run again once it is done"
-    )
+        if time.monotonic() + wait > deadline:
+            raise TrackingError(
+                f"{path}: kept changing while it was read for {store.BUSY_TIMEOUT_S:.0f} s (a "
+                "stage is writing it); run again once it is done"
+            )
+        time.sleep(wait)
+        wait = min(wait * 2, 1.0)
 
 
-def _stamps(*paths: Path) -> tuple[tuple[int, int] | None, ...]:
+def _stamps(*paths: Path) -> tuple[tuple[int, ...] | None, ...]:
+    """What changes when a file is written, renamed over or truncated, even within one tick."""
     stamps = []
     for path in paths:
         try:
@@ -95,8 +112,17 @@ def _stamps(*paths: Path) -> tuple[tuple[int, int] | None, ...]:
         except FileNotFoundError:
             stamps.append(None)
         else:
-            stamps.append((found.st_size, found.st_mtime_ns))
+            stamps.append((found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns))
     return tuple(stamps)
+
+
+def _whole(copy: Path) -> bool:
+    """Whether the copy reads as a sound SQLite database (its journal applied, in the copy)."""
+    try:
+        with closing(sqlite3.connect(copy)) as connection:
+            return connection.execute("PRAGMA quick_check").fetchone() == ("ok",)
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _copy_failure(path: Path, copy: Path, exc: OSError) -> str:

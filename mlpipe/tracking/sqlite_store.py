@@ -4,7 +4,7 @@ MLflow opens whatever file it is given and adds its tables to it; a kill while i
 store that every later run rejects. So before MLflow sees a SQLite store, this module checks
 that the file is one (or creates it aside and renames it into place), that it can be written,
 and that no other process holds it locked. A writing stage then follows a workspace that was
-moved or copied (`mlpipe.tracking.relocation`, from `mlpipe.tracking.runs.connect`).
+moved or copied (`mlpipe.tracking.relocation`, from `mlpipe.tracking.run_lifecycle.connect`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def prepare(uri: str) -> None:
         return
     check_file(path)
     if path.exists():
-        refuse_read_only(path)  # before reading it: a read-only WAL store cannot even be read
+        read_header(path)  # someone else's file is named as such, writable or not
+        refuse_read_only(path)  # before opening it: a read-only WAL store cannot even be read
     state = inspect_store(path) if path.exists() else "absent"
     if state in ("absent", "empty", "incomplete"):
         if state == "incomplete":
@@ -66,18 +67,8 @@ def inspect_store(path: Path, shown: Path | None = None) -> str:
     Errors name `shown` (the user's file, when `path` is a copy of it), else `path`.
     """
     shown = shown or path
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise TrackingError(f"{shown}: cannot be read ({exc.strerror})") from exc
-    if not header:
+    if not read_header(path, shown):
         return "empty"
-    if header != SQLITE_HEADER:
-        raise TrackingError(
-            f"{shown}: not a SQLite database, so not an MLflow store; move it away, or set "
-            "MLFLOW_TRACKING_URI to your store"
-        )
     tables = _tables(path, shown)
     if all(name in tables for name in MLFLOW_TABLES):
         return "mlflow"
@@ -93,6 +84,22 @@ def inspect_store(path: Path, shown: Path | None = None) -> str:
             f"(has {', '.join(sorted(tables))}); restore it from a backup"
         )
     return "incomplete"
+
+
+def read_header(path: Path, shown: Path | None = None) -> bytes:
+    """The file's first bytes, b"" when it is empty; TrackingError when it is not SQLite."""
+    shown = shown or path
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise TrackingError(f"{shown}: cannot be read ({exc.strerror})") from exc
+    if header and header != SQLITE_HEADER:
+        raise TrackingError(
+            f"{shown}: not a SQLite database, so not an MLflow store; move it away, or set "
+            "MLFLOW_TRACKING_URI to your store"
+        )
+    return header
 
 
 def _mlflow_table_names() -> set[str]:

@@ -95,6 +95,24 @@ def use_store(uri: str) -> None:
 
 
 @contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """`use_store(uri)` for a while (a reader's copy of the store), then MLflow as before."""
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    use_store(uri)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+        mlflow.set_tracking_uri(saved)
+        mlflow.set_registry_uri(saved)
+
+
+@contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise, across processes, what must not interleave on one store (creation, promotion).
 

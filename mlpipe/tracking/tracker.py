@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Tracker:
-    """An MLflow run, with the time spent in MLflow calls counted (the train stage reports it)."""
+    """An MLflow run, with the time spent in MLflow calls counted (`record_timings` logs it)."""
 
     client: MlflowClient
     run_id: str

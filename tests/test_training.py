@@ -188,7 +188,7 @@ from mlpipe.config import load_params
 from mlpipe.model.architecture import build_model
 from mlpipe.model.scan import train_scan
 from mlpipe.model.training import train
-from tests.test_models import tiny_data
+from tests.test_training import tiny_data
 params = load_params(Path("params.yaml"))
 x, y, xv, yv = tiny_data()
 x, y = np.concatenate([x] * 10), np.concatenate([y] * 10)
@@ -230,7 +230,7 @@ from mlpipe.config import load_params
 from mlpipe.model.architecture import build_model
 from mlpipe.model.scan import train_scan
 from mlpipe.model.training import train
-from tests.test_models import tiny_data
+from tests.test_training import tiny_data
 params = load_params(Path("params.yaml"))
 x, y, _, _ = tiny_data()
 # Validation labels disagree with training labels: the better the model learns, the worse its
