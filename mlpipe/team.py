@@ -245,6 +245,10 @@ def serve(args: argparse.Namespace) -> None:
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
     environment = {
+        # MLflow's job runner serves its GenAI features (scorers, trace roll-ups), which this
+        # pipeline does not use: eight more processes, each importing MLflow as the server
+        # starts (measured: 13.7 s to answer with them, 10.0 s without). A user may turn it on.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         **os.environ,
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         ADMIN_PASSWORD_ENV: password,

@@ -148,7 +148,14 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         "--port",
         str(port),
     ]
-    return serve(command, folder, f"http://127.0.0.1:{port}/health")
+    # Without MLflow's GenAI job runner (eight processes this pipeline never uses), as the
+    # team server runs; a start then costs seconds less.
+    return serve(
+        command,
+        folder,
+        f"http://127.0.0.1:{port}/health",
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    )
 
 
 @pytest.mark.slow
@@ -185,12 +192,6 @@ def test_real_tracking_server_then_server_lost_mid_run(workspace: Path, tmp_path
         assert all(
             (workspace / "models" / name).read_bytes() == data for name, data in before.items()
         )
-
-        # Back up again: the run can simply be re-run.
-        server = start_server(tmp_path, port)
-        set_params(workspace, **QUICK)
-        again = run_stage(workspace, "train", MLFLOW_TRACKING_URI=uri)
-        assert again.returncode == 0, again.stderr[-3000:]
     finally:
         stop(server)
 
