@@ -7,8 +7,11 @@ stage starts) is the default; tests hand a stage the `Layout` of a temporary fol
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlpipe.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 
@@ -94,6 +97,18 @@ class Layout:
             if parts[index : index + 3] == (".dvc", "tmp", "exps"):
                 return Path(*parts[:index])
         return self.root
+
+
+def scratch_root() -> Path:
+    """The folder for a command's temp files; PipelineError when Python found no writable temp
+    folder and would use the current one (the workspace, which a reader must not write)."""
+    root = Path(tempfile.gettempdir()).resolve()
+    if root == Path.cwd().resolve():
+        raise PipelineError(
+            f"no writable temp folder (TMPDIR, /tmp, /var/tmp): {root} would be used, the current "
+            "folder; set TMPDIR to a folder with room"
+        )
+    return root
 
 
 HERE = Layout(Path.cwd().resolve())

@@ -11,7 +11,8 @@ fast; then the images are decoded one at a time and predicted in chunks, so memo
 however many files are given. A model whose outputs do not match the dataset's classes, or
 hold NaN or infinite values, is refused. File names are printed with control characters and
 undecodable bytes escaped (in JSON, as JSON escapes them).
-Exit codes: 0 done; 1 a bad image or model; 2 bad arguments.
+Exit codes: 0 done; 1 a bad image or model; 2 bad arguments; 130 interrupted; 143
+terminated (its temp files removed either way).
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 import unicodedata
 from pathlib import Path
 
 from mlpipe.config import DATASETS
 from mlpipe.data.specs import SPECS
-from mlpipe.errors import ConfigError, PipelineError, redact
+from mlpipe.errors import ConfigError, PipelineError, Terminated, redact
 from mlpipe.inference.classify import Prediction, classify
 from mlpipe.inference.images import ImageInputError, check_image
 from mlpipe.inference.model_source import default_model_uri, load_model
 from mlpipe.model.loading import check_output_count
 from mlpipe.paths import HERE, Layout
-from mlpipe.runner import DEBUG_ENV, exit_without_collecting
+from mlpipe.runner import DEBUG_ENV, EXIT_INTERRUPTED, EXIT_TERMINATED, exit_without_collecting
 
 log = logging.getLogger("predict")
 # Characters that must never reach a terminal raw: controls (newline, escape), format
@@ -111,19 +114,35 @@ def show(results: list[Prediction], model_label: str, as_json: bool) -> None:
         print(f"{printable(r.file)}: {shown}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(f"received signal {signum}")
+
+
 def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's INFO lines (an artifact download's) would come before our one line.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    # Temp files go on SIGTERM, as on Ctrl-C (a handler can be set in the main thread only).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         results, model_label = run(args, layout or HERE)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
     except (PipelineError, ImageInputError) as exc:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             traceback.print_exc(file=sys.stderr)
         # Escaping keeps it one line: a newline in a file name prints as \n.
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     show(results, model_label, args.json)
     return 0
 

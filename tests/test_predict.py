@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +179,24 @@ def test_cli_bad_arguments_exit_2(workspace: Path, images: Path) -> None:
     result = predict(workspace, str(images / "one.png"), "--top", "0")
     assert result.returncode == 2
     assert "--top must be between 1 and 10 (got 0)" in result.stderr
+
+
+def test_sigterm_while_fetching_the_model_leaves_no_temp_file(
+    evaluated: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict's temp copies (the store's, the model's) go on SIGTERM, as on Ctrl-C: exit 143."""
+    import mlflow
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        assert list(scratch.iterdir()), "the store's copy should exist by now"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", terminated)
+    result = run_predict(evaluated, str(images / "one.png"), TMPDIR=str(scratch))
+    assert result.returncode == 143, result.stderr
+    assert list(scratch.iterdir()) == []

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -522,3 +523,115 @@ def test_a_read_only_store_is_read_through_a_snapshot(tmp_path: Path) -> None:
         assert MlflowClient(tracking_uri=seen.uri).get_experiment_by_name("kept") is not None
         close_engines()
     assert tree(folder) == before
+
+
+# Readers and odd stores (from a hostile test) -------------------------------------------------
+
+
+def test_a_reader_of_a_linked_store_sees_the_journal_beside_the_file_it_links_to(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps a linked store's journal beside its target: the copy must take that one."""
+    from mlflow import MlflowClient
+
+    from mlpipe.tracking.run_lifecycle import connect
+
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    client, _ = connect("e", real)
+    os.environ.pop("MLFLOW_TRACKING_URI")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "mlflow.db").symlink_to(real / "mlflow.db")
+    with closing(sqlite3.connect(real / "mlflow.db")) as writer:
+        writer.execute("SELECT COUNT(*) FROM experiments").fetchall()  # holds the store open
+        client.create_experiment("in-the-journal")
+        assert Path(f"{real / 'mlflow.db'}-wal").stat().st_size > 0
+        with snapshot.reading(uri_of(workspace / "mlflow.db")) as seen:
+            found = MlflowClient(tracking_uri=seen.uri).get_experiment_by_name("in-the-journal")
+            close_engine(seen.uri)
+    assert found is not None
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda path: path.write_text("hello\n"), "not a SQLite database"),
+        (lambda path: os.truncate(path, 4096), "damaged (SQLite's integrity check of it fails)"),
+    ],
+    ids=["not-sqlite", "truncated"],
+)
+def test_a_reader_of_a_broken_store_says_so_at_once(
+    tmp_path: Path, damage: Callable[[Path], None], said: str
+) -> None:
+    from mlflow import MlflowClient
+
+    path = tmp_path / "mlflow.db"
+    sqlite_store.prepare(uri_of(path))
+    client = MlflowClient(tracking_uri=uri_of(path))
+    for index in range(40):  # enough pages that a cut leaves a database with holes
+        client.create_experiment(f"e{index}", tags={"note": "x" * 2000})
+    close_engines()
+    damage(path)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=re.escape(said)), snapshot.reading(uri_of(path)):
+        pass
+    assert time.monotonic() - started < 5, "it waited as if a stage were writing"
+
+
+def test_a_side_file_that_cannot_be_copied_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "mlflow.db"
+    sqlite_store.prepare(uri_of(path))
+    close_engines()
+    Path(f"{path}-wal").mkdir()
+    said = r"mlflow\.db-wal: cannot be read \(Is a directory\)"
+    with pytest.raises(TrackingError, match=said), snapshot.reading(uri_of(path)):
+        pass
+
+
+def test_a_broken_link_where_the_store_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "mlflow.db").symlink_to(tmp_path / "gone.db")
+    said = r"a symbolic link to .*gone\.db, which does not exist"
+    with pytest.raises(TrackingError, match=said), snapshot.reading(uri_of(tmp_path / "mlflow.db")):
+        pass
+
+
+def test_readers_never_make_the_workspace_their_temp_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python falls back to the current folder when no temp folder is writable."""
+    from mlpipe.errors import PipelineError
+    from mlpipe.paths import scratch_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    with pytest.raises(PipelineError, match=r"no writable temp folder .*set TMPDIR"):
+        scratch_root()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "file:///{tmp}/newstore"])
+def test_predict_refuses_a_file_store_and_makes_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], uri: str
+) -> None:
+    from mlpipe import predict
+    from mlpipe.paths import Layout
+
+    image = tmp_path / "digit.png"
+    write_digit(image)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(tmp=tmp_path))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    argv = [str(image), "--model", "models:/keras-tutorial-mnist@champion"]
+    assert predict.main(argv, layout=Layout(tmp_path)) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "names a file store" in error
+    assert list(tmp_path.iterdir()) == [image]
+
+
+def write_digit(path: Path) -> None:
+    from PIL import Image
+
+    pixels = Image.new("L", (28, 28), 0)
+    pixels.paste(255, (10, 4, 18, 24))
+    pixels.save(path)

@@ -17,7 +17,7 @@ from typing import Any
 
 from mlpipe.config import load_params, registered_model_name
 from mlpipe.errors import ModelError, TrackingError, first_line
-from mlpipe.paths import Layout
+from mlpipe.paths import Layout, scratch_root
 from mlpipe.tracking.promotion import CHAMPION
 
 DEFAULT_PREFIX = "keras-tutorial"  # the registered-model prefix when there is no params.yaml
@@ -57,13 +57,16 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
     with ExitStack() as stack:
         try:
             # A server that is away or refuses the login is said so, before the download.
-            if in_store and uri.startswith(("http://", "https://")):
+            # A file store is refused, as the stages refuse it: MLflow would make one here.
+            if in_store and not uri.startswith("sqlite:"):
                 check_reachable(uri)
             # Read through a copy of a SQLite store: nothing of the workspace is changed.
             store = stack.enter_context(reading(uri)) if in_store else Snapshot(uri)
         except TrackingError as exc:
             raise ModelError(f"model {source}: {exc}") from exc
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlpipe-model-"))
+        scratch = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="mlpipe-model-", dir=scratch_root())
+        )
         stack.enter_context(using_store(store.uri))
         try:
             fetched, label = _pinned(source)

@@ -74,8 +74,9 @@ def former_places(database: Path, copy: Path | None = None) -> list[Path]:
         if (old / STORE_FILE).exists() and (old / STORE_FILE).samefile(database):
             continue  # The same folder under another name (a symlink): nothing moved.
         if (old / ARTIFACTS_DIR).is_dir() and not (root / ARTIFACTS_DIR).is_dir():
+            verb = "copy" if (old / STORE_FILE).exists() else "move"
             raise TrackingError(
-                f"{database}: was moved from {old} without its {ARTIFACTS_DIR}/ folder; move "
+                f"{database}: was moved from {old} without its {ARTIFACTS_DIR}/ folder; {verb} "
                 f"{old / ARTIFACTS_DIR} to {root / ARTIFACTS_DIR} and run again"
             )
         places.append(old)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipe.errors import TrackingError
+from mlpipe.paths import scratch_root
 from mlpipe.tracking import store
 from mlpipe.tracking.relocation import relocate
-from mlpipe.tracking.sqlite_store import check_file, inspect_store
+from mlpipe.tracking.sqlite_store import check_file, inspect_store, read_header
 from mlpipe.tracking.store import sqlite_path, sqlite_uri
 
 # A stage writing the store while it is copied changes it: the copy is made again, after a
@@ -58,7 +59,8 @@ def reading(uri: str) -> Iterator[Snapshot]:
     check_file(path)
     if not path.exists():
         raise TrackingError(f"{path}: {NONE_HERE}")
-    with tempfile.TemporaryDirectory(prefix="mlpipe-store-") as scratch:
+    read_header(path)  # someone else's file is named at once, not copied
+    with tempfile.TemporaryDirectory(prefix="mlpipe-store-", dir=scratch_root()) as scratch:
         copy = Path(scratch) / path.name
         _copy_as_of_one_moment(path, copy)
         if inspect_store(copy, shown=path) != "mlflow":
@@ -70,13 +72,14 @@ def _copy_as_of_one_moment(path: Path, copy: Path) -> None:
     """Copy the database and its journal (a write-ahead log, or a rollback journal a writer
     left) as all were at one moment: again, for up to `BUSY_TIMEOUT_S`, when any changed while
     they were copied (a stage writing the store meanwhile) or the copy is not whole."""
-    sides = [Path(f"{path}{end}") for end in JOURNALS]
+    real = path.resolve()  # SQLite keeps a linked store's journal beside the file it links to
+    sides = [Path(f"{real}{end}") for end in JOURNALS]
     deadline = time.monotonic() + store.BUSY_TIMEOUT_S
     wait = RETRY_WAIT_S
     while True:
-        before = _stamps(path, *sides)
+        before = _stamps(real, *sides)
         try:
-            shutil.copyfile(path, copy)
+            shutil.copyfile(real, copy)
             for side, end in zip(sides, JOURNALS, strict=True):
                 copied = Path(f"{copy}{end}")
                 if side.exists():
@@ -92,8 +95,13 @@ def _copy_as_of_one_moment(path: Path, copy: Path) -> None:
         except OSError as exc:
             raise TrackingError(_copy_failure(path, copy, exc)) from exc
         else:
-            if _stamps(path, *sides) == before and _whole(copy):
-                return
+            if _stamps(real, *sides) == before:
+                if _whole(copy):
+                    return
+                raise TrackingError(
+                    f"{path}: damaged (SQLite's integrity check of it fails); restore it from a "
+                    "backup, or move it away to start a new store"
+                )
         if time.monotonic() + wait > deadline:
             raise TrackingError(
                 f"{path}: kept changing while it was read for {store.BUSY_TIMEOUT_S:.0f} s (a "
@@ -131,4 +139,4 @@ def _copy_failure(path: Path, copy: Path, exc: OSError) -> str:
             f"{path}: no space left in {copy.parent.parent} to read it through a copy; free "
             "some space there, or set TMPDIR to a folder with room"
         )
-    return f"{path}: cannot be read ({exc.strerror or exc})"
+    return f"{exc.filename or path}: cannot be read ({exc.strerror or exc})"

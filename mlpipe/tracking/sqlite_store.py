@@ -54,7 +54,12 @@ def prepare(uri: str) -> None:
 
 
 def check_file(path: Path) -> None:
-    """Refuse a folder or a special file where the store should be, before reading it."""
+    """Refuse a folder, a special file or a broken link where the store should be."""
+    if path.is_symlink() and not path.exists():
+        raise TrackingError(
+            f"{path}: a symbolic link to {os.readlink(path)}, which does not exist (or loops); "
+            "point it at the store, or remove it"
+        )
     if path.is_dir():
         raise TrackingError(f"{path}: is a directory, not an MLflow store; move it away")
     if path.exists() and not path.is_file():
