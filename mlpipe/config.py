@@ -26,6 +26,8 @@ LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 MODEL_TYPES = ("mlp", "cnn")
 TRAINING_LOOPS = ("fit", "scan")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+# What evaluate ranks versions on for `champion`: a validation metric, never the test set's.
+PROMOTION_METRICS = ("val_accuracy", "val_loss")
 
 
 def registered_model_name(prefix: str, dataset: str) -> str:
@@ -105,6 +107,7 @@ class MlflowParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: int = Field(gt=0, le=1_000_000)
+    promote_by: Literal[PROMOTION_METRICS] = Field(description="on the validation split")
 
 
 class PlotParams(_Section):
@@ -132,7 +135,7 @@ class Params(_Section):
             raise ValueError(
                 f"model.conv_filters has {len(self.model.conv_filters)} blocks, each halving "
                 f"the image; {self.base.dataset}'s {side}x{side} images allow at most {blocks} "
-                f"(got {_show(self.model.conv_filters)})"
+                f"(got {show_value(self.model.conv_filters)})"
             )
         return self
 
@@ -157,22 +160,32 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _field_description(loc: tuple[Any, ...]) -> str | None:
+def _step(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model a field's annotation holds, and whether the next key names a mapping's entry
+    (`space: dict[str, Dimension]`) rather than a field."""
+    if get_origin(annotation) is dict:
+        inner = get_args(annotation)[1]
+        return (inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None), True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None, False
+
+
+def _field_description(loc: tuple[Any, ...], root: type[BaseModel] = Params) -> str | None:
     """What the field at `loc` must be, derived from its type and constraints."""
-    model: type[BaseModel] | None = Params
+    model: type[BaseModel] | None = root
     field = None
+    entry = False  # the next part of `loc` is a mapping's key
     for part in loc:
         if isinstance(part, int) or model is None:
+            continue
+        if entry:
+            entry = False
             continue
         field = model.model_fields.get(part)
         if field is None:
             return None
-        annotation = field.annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
+        model, entry = _step(field.annotation)
     if field is None or model is not None:
         return None
     described = _describe_type(field.annotation, field.metadata)
@@ -218,20 +231,23 @@ def _number(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else f"{value}"
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = Params
+def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel] = Params) -> list[str]:
+    model: type[BaseModel] | None = root
+    entry = False
     for part in loc[:-1]:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if entry or isinstance(part, int):
+            entry = False
+            continue
+        if model is None or part not in model.model_fields:
             return []
-        model = annotation
-    return list(model.model_fields)
+        model, entry = _step(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None and not entry else []
 
 
 SHOWN_CHARS = 80  # error lines quote at most this much of a value or key
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     try:
         text = (
             repr(value)
@@ -250,36 +266,38 @@ def _clip(text: str) -> str:
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
-def _describe(error: dict[str, Any], source: str) -> str:
+def describe(error: dict[str, Any], source: str, root: type[BaseModel] = Params) -> str:
+    """One line for a pydantic error of `root` read from `source`: the key, the value given and
+    what is allowed, derived from the field's own type and constraints."""
     loc = tuple(error["loc"])
     key = _clip(".".join(str(part) for part in loc))
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc))
+        allowed = ", ".join(_allowed_keys(loc, root))
         return f"{source}: {key} is not a known key (allowed here: {allowed})"
     if kind == "missing":
-        description = _field_description(loc)
+        description = _field_description(loc, root)
         if description is None:
             return f"{source}: section {key} is missing"
         return f"{source}: {key} is missing; it must be {description}"
     if kind == "value_error":
         return f"{source}: {error['ctx']['error']}"
-    description = _field_description(loc)
+    description = _field_description(loc, root)
     if description is None:
         # A whole section with the wrong shape, e.g. `train: 5`.
-        got = _show(error["input"])
+        got = show_value(error["input"])
         return f"{source}: {key} must be a mapping of keys to values (got {got})"
-    return f"{source}: {key} must be {description} (got {_show(error['input'])})"
+    return f"{source}: {key} must be {description} (got {show_value(error['input'])})"
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate already-parsed YAML; raises ConfigError naming the first bad key."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: must be a mapping of sections (got {_show(raw)})")
+        raise ConfigError(f"{source}: must be a mapping of sections (got {show_value(raw)})")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], source)) from exc
+        raise ConfigError(describe(exc.errors()[0], source)) from exc
 
 
 def load_params(path: Path) -> Params:

@@ -61,5 +61,16 @@ class TrackingError(PipelineError):
     """The MLflow tracking store cannot be reached or used."""
 
 
+class Pruned(PipelineError):
+    """A sweep's pruner stopped this trial's training at an epoch: not an error of the user's,
+    but the stage must fail, so that DVC keeps no half-trained model for these params."""
+
+    exit_code = 3
+
+    def __init__(self, epoch: int, message: str) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
 class Terminated(BaseException):
     """Raised from the SIGTERM handler so that cleanup code runs as for Ctrl-C."""

@@ -3,7 +3,8 @@
 `MLPIPE_DEBUG=1` prints the full traceback behind a one-line error.
 
 Exit codes: 0 done; 1 a problem with data, models, network or tracking; 2 invalid params or
-arguments; 130 interrupted (SIGINT); 143 terminated (SIGTERM).
+arguments; 3 pruned (a sweep's trial stopped by its pruner); 130 interrupted (SIGINT); 143
+terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
 
-from mlpipe.errors import PipelineError, Terminated, one_line
+from mlpipe.errors import PipelineError, Pruned, Terminated, one_line
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -130,6 +131,9 @@ def execute(name: str, main: Callable[[], None]) -> int:
         main()
         if _stopped_by is not None:  # received, and its exception lost, after the last epoch
             _raise_stop(_stopped_by)
+    except Pruned as exc:
+        log.warning("%s; this pipeline run stops here", exc)
+        return exc.exit_code
     except PipelineError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

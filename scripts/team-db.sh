@@ -6,15 +6,18 @@
 #
 #     sudo -u postgres bash -c "$(cat scripts/team-db.sh)" team-db.sh < mlflow-db-password
 #
-# It creates (or, run again, keeps) the login role `mlflow` owning two databases: `mlflow` for
-# runs and the model registry, `mlflow_auth` for the server's users and permissions; each run
-# sets the role's password. Other names: MLFLOW_DB_ROLE, MLFLOW_DB_NAME and MLFLOW_AUTH_DB_NAME
-# (through sudo: `sudo -u postgres env MLFLOW_DB_ROLE=... bash -c ...`). Connection settings
+# It creates (or, run again, keeps) the login role `mlflow` owning three databases: `mlflow`
+# for runs and the model registry, `mlflow_auth` for the server's users and permissions, and
+# `optuna` for sweeps shared by several machines (Optuna's own tables: its alembic table would
+# clash with MLflow's in one database); each run sets the role's password. Other names:
+# MLFLOW_DB_ROLE, MLFLOW_DB_NAME, MLFLOW_AUTH_DB_NAME and OPTUNA_DB_NAME (through sudo:
+# `sudo -u postgres env MLFLOW_DB_ROLE=... bash -c ...`). Connection settings
 # come from the usual libpq variables (PGHOST, PGPORT).
 set -euo pipefail
 role="${MLFLOW_DB_ROLE:-mlflow}"
 database="${MLFLOW_DB_NAME:-mlflow}"
 auth_database="${MLFLOW_AUTH_DB_NAME:-mlflow_auth}"
+sweep_database="${OPTUNA_DB_NAME:-optuna}"
 
 IFS= read -r password || true
 if [ -z "$password" ]; then
@@ -27,7 +30,8 @@ fi
 # carries the password is kept out of the server's log and statistics.
 export MLFLOW_DB_PASSWORD="$password"
 psql --no-psqlrc --quiet -v ON_ERROR_STOP=1 \
-    -v role="$role" -v database="$database" -v auth_database="$auth_database" <<'SQL'
+    -v role="$role" -v database="$database" -v auth_database="$auth_database" \
+    -v sweep_database="$sweep_database" <<'SQL'
 \set password `printenv MLFLOW_DB_PASSWORD`
 SET log_statement = 'none';
 SET log_min_error_statement = 'panic';
@@ -36,7 +40,7 @@ SELECT format('CREATE ROLE %I LOGIN', :'role')
     WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
 SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'password') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', name, :'role')
-    FROM unnest(ARRAY[:'database', :'auth_database']) AS name
+    FROM unnest(ARRAY[:'database', :'auth_database', :'sweep_database']) AS name
     WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = name) \gexec
 SQL
-echo "role $role owns databases $database and $auth_database"
+echo "role $role owns databases $database, $auth_database and $sweep_database"

@@ -7,7 +7,8 @@ MLflow: params, per-epoch loss/accuracy/val_loss/val_accuracy, tags, the model s
 the model, registered as a new version of `<mlflow.registered_model_name>-<dataset>`.
 Run: `dvc repro train`, or `python -m stages.train` from the repository root.
 With `train.distribution: multi_worker` every process of the job runs the same command; only
-process 0 writes the outputs and the MLflow run (see `mlpipe.model.distribution`).
+process 0 writes the outputs and the MLflow run (see `mlpipe.model.distribution`). As a sweep's
+trial (`python -m mlpipe.sweep`), it reports each epoch to the study and stops when pruned.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mlpipe.model import distribution
 from mlpipe.model.sizing import check_fits_in_memory
 from mlpipe.paths import HERE, Layout
 from mlpipe.runner import run_stage
+from mlpipe.search import trial as sweep
 from mlpipe.tracking.run_lifecycle import connect, run_tags, tracked_run
 
 log = logging.getLogger("train")
@@ -68,6 +70,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         return
 
     tags = {**model_logging.backend_tags(), "data.sha256": digest, "base.dataset": spec.name}
+    tags.update(sweep.run_tags())  # in a sweep: the trial's, under its study's parent run
     outputs = (layout.model_file, layout.history_file, layout.run_record_file)
     with (
         tracked_run(client, experiment_id, run_tags(layout.root, tags)) as tracker,
@@ -78,7 +81,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         tracker.log_params({**trained_on, **size, **engine.record(params.train.batch_size)})
         tracker.log_inputs([dataset_input(layout, n, len(y), spec) for n, (_, y) in splits.items()])
         tracker.log_text(architecture.summary_text(model), "model_summary.txt")
-        result = fit(engine, tracker.log_epoch)
+        result = fit(engine, sweep.epoch_hook(tracker))  # in a sweep, the pruner may stop it
         tracker.flush()
         model.save(model_temp)
         history = result.history_csv()
@@ -88,8 +91,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         )
         record_temp.write_text(record.text(), encoding="utf-8")
         tracker.record_timings(len(result.history), result.fit_seconds)
-    name, version = record.registered_model_name, record.registered_model_version
-    log.info("registered %s version %d; model in %s", name, version, outputs[0])
+    log.info("registered %s; model in %s", record.version_label, outputs[0])
 
 
 if __name__ == "__main__":

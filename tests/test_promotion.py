@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlpipe.errors import TrackingError
-from mlpipe.tracking.promotion import CHALLENGER, CHAMPION, promote
+from mlpipe.tracking.promotion import CHALLENGER, CHAMPION, Score, promote
 
 NAME = "keras-tutorial-mnist"
 
@@ -26,13 +26,19 @@ def new_version(client: MlflowClient, tmp_path: Path) -> int:
     return int(client.create_model_version(NAME, source=str(tmp_path)).version)
 
 
+def ranked(client: MlflowClient, version: int, accuracy: float, key: str = "val_accuracy"):
+    """Promote `version` as evaluate does: ranked on a validation metric, test metrics held out."""
+    held_out = {"test_accuracy": 0.5, "test_loss": 1.5}
+    return promote(client, NAME, version, Score(key, accuracy), held_out)
+
+
 def holder(client: MlflowClient, alias: str) -> int:
     return int(client.get_model_version_by_alias(NAME, alias).version)
 
 
 def test_first_version_becomes_champion(client: MlflowClient, tmp_path: Path) -> None:
     version = new_version(client, tmp_path)
-    decision = promote(client, NAME, version, 0.92)
+    decision = ranked(client, version, 0.92)
     assert decision.promoted
     assert "no version held champion" in decision.reason
     assert holder(client, CHAMPION) == holder(client, CHALLENGER) == version
@@ -40,9 +46,9 @@ def test_first_version_becomes_champion(client: MlflowClient, tmp_path: Path) ->
 
 def test_worse_version_is_challenger_only(client: MlflowClient, tmp_path: Path) -> None:
     first = new_version(client, tmp_path)
-    promote(client, NAME, first, 0.92)
+    ranked(client, first, 0.92)
     second = new_version(client, tmp_path)
-    decision = promote(client, NAME, second, 0.90)
+    decision = ranked(client, second, 0.90)
     assert not decision.promoted
     assert "does not beat champion version 1 (0.9200)" in decision.reason
     assert holder(client, CHAMPION) == first
@@ -51,28 +57,56 @@ def test_worse_version_is_challenger_only(client: MlflowClient, tmp_path: Path) 
 
 def test_equal_accuracy_does_not_take_champion(client: MlflowClient, tmp_path: Path) -> None:
     first = new_version(client, tmp_path)
-    promote(client, NAME, first, 0.92)
+    ranked(client, first, 0.92)
     second = new_version(client, tmp_path)
-    assert not promote(client, NAME, second, 0.92).promoted
+    assert not ranked(client, second, 0.92).promoted
     assert holder(client, CHAMPION) == first
 
 
 def test_better_version_takes_champion(client: MlflowClient, tmp_path: Path) -> None:
-    promote(client, NAME, new_version(client, tmp_path), 0.92)
-    promote(client, NAME, new_version(client, tmp_path), 0.90)
+    ranked(client, new_version(client, tmp_path), 0.92)
+    ranked(client, new_version(client, tmp_path), 0.90)
     third = new_version(client, tmp_path)
-    decision = promote(client, NAME, third, 0.98)
+    decision = ranked(client, third, 0.98)
     assert decision.promoted
     assert "beats champion version 1 (0.9200)" in decision.reason
     assert holder(client, CHAMPION) == holder(client, CHALLENGER) == third
-    assert client.get_model_version(NAME, str(third)).tags["test_accuracy"] == "0.980000"
+    assert client.get_model_version(NAME, str(third)).tags["val_accuracy"] == "0.980000"
+
+
+def test_a_loss_ranks_lower_first_and_every_version_keeps_its_scores(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    first = new_version(client, tmp_path)
+    ranked(client, first, 0.30, key="val_loss")
+    second = new_version(client, tmp_path)
+    decision = ranked(client, second, 0.25, key="val_loss")
+    assert decision.promoted
+    assert "version 2 (val_loss 0.2500) beats champion version 1 (0.3000)" in decision.reason
+    assert not ranked(client, new_version(client, tmp_path), 0.40, key="val_loss").promoted
+    tags = client.get_model_version(NAME, str(second)).tags
+    assert (tags["val_loss"], tags["test_accuracy"], tags["test_loss"]) == (
+        "0.250000",
+        "0.500000",
+        "1.500000",
+    )
+
+
+def test_a_champion_ranked_on_another_metric_is_beaten(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """promote_by changed between runs: the holder has no score on the new metric."""
+    ranked(client, new_version(client, tmp_path), 0.99, key="val_accuracy")
+    second = new_version(client, tmp_path)
+    assert ranked(client, second, 0.9, key="val_loss").promoted
+    assert holder(client, CHAMPION) == second
 
 
 def test_deleted_version_is_one_line_naming_it(client: MlflowClient, tmp_path: Path) -> None:
     version = new_version(client, tmp_path)
     client.delete_model_version(NAME, str(version))
     with pytest.raises(TrackingError, match=rf"{NAME} version {version} .* is not in the registry"):
-        promote(client, NAME, version, 0.9)
+        ranked(client, version, 0.9)
 
 
 ROUNDS = 20
@@ -100,7 +134,7 @@ def _racer(uri: str, versions: list[int], accuracies: list[float], barrier, slow
         racer.get_model_version_by_alias = slow_read
     for version, accuracy in zip(versions, accuracies, strict=True):
         barrier.wait()
-        promote_version(racer, NAME, version, accuracy)
+        promote_version(racer, NAME, version, Score("val_accuracy", accuracy), {})
         barrier.wait()
 
 
@@ -137,8 +171,8 @@ def test_two_promotions_racing_never_leave_a_worse_champion(
             barrier.wait()
             best = max(best, *accuracies[2 * round_ : 2 * round_ + 2])
             champion = client.get_model_version_by_alias(NAME, CHAMPION)
-            if float(champion.tags["test_accuracy"]) != best:
-                wrong.append((round_, champion.version, champion.tags["test_accuracy"], best))
+            if float(champion.tags["val_accuracy"]) != best:
+                wrong.append((round_, champion.version, champion.tags["val_accuracy"], best))
     finally:
         for racer in racers:
             racer.join(timeout=60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import yaml
 from PIL import Image
 
 from tests.conftest import (
@@ -125,7 +127,7 @@ def test_database_script_can_run_again(cluster: Postgres, server: TeamServer) ->
     try:
         again = create_team_databases(cluster, "a-new Pass'word")
         assert again.returncode == 0, again.stderr
-        assert "role mlflow owns databases mlflow and mlflow_auth" in again.stdout
+        assert "role mlflow owns databases mlflow, mlflow_auth and optuna" in again.stdout
         assert logs_in("a-new Pass'word") and not logs_in(DB_PASSWORD)
     finally:
         assert create_team_databases(cluster).returncode == 0  # the server's password again
@@ -299,7 +301,7 @@ def shared(server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> dict
     run_git(alice, "push", "-q", "origin", "main")
     bob = folder / "bob"
     run_git(folder, "clone", "-q", str(bare), str(bob))
-    return {"alice": alice, "bob": bob, "remote": remote}
+    return {"alice": alice, "bob": bob, "remote": remote, "origin": bare}
 
 
 @needs_mirror
@@ -434,8 +436,80 @@ def test_two_pipelines_at_once_lose_nothing_on_the_server(
     assert not [run for run in all_runs(client) if run.info.status == "RUNNING"]
     champion = client.get_model_version_by_alias(MODEL, "champion")
     versions = client.search_model_versions(f"name = '{MODEL}'")
-    best = max(float(version.tags["test_accuracy"]) for version in versions)
-    assert float(champion.tags["test_accuracy"]) == best
+    best = max(float(version.tags["val_accuracy"]) for version in versions)
+    assert float(champion.tags["val_accuracy"]) == best  # ranked on validation
+
+
+@needs_mirror
+def test_one_sweep_on_two_machines(
+    cluster: Postgres, server: TeamServer, shared: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two clones of the team's repository, each a "machine", start `sweep run --storage
+    postgresql://...` together against the team's PostgreSQL and MLflow server: one study,
+    distinct trials, the total exactly, every run under one parent, and every experiment in
+    the origin."""
+    from tests.services import pgpass_file
+
+    machines = []
+    for name in ("one", "two"):
+        clone = tmp_path / name
+        run_git(tmp_path, "clone", "-q", str(shared["origin"]), str(clone))
+        (clone / "sweep.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "study": "team-search",
+                    "objective": {"metric": "val_accuracy", "direction": "maximize"},
+                    "trials": 4,
+                    "sampler": {"name": "random"},
+                    "pruner": {"name": "none"},
+                    "set": {"train.epochs": 2},
+                    "space": {"train.learning_rate": {"low": 0.01, "high": 0.3, "log": True}},
+                }
+            )
+        )
+        pulled = dvc(clone, "pull")  # the team's data, from its DVC remote
+        assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+        machines.append(clone)
+    storage = cluster.uri("optuna")
+    env = stage_env(
+        **login(MEMBER, MEMBER_PASSWORD, server), PGPASSFILE=str(pgpass_file(cluster, tmp_path))
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    command = [sys.executable, "-m", "mlpipe.sweep", "run", "--storage", storage]
+    workers = [
+        subprocess.Popen(command, cwd=clone, env=env, stderr=subprocess.PIPE, text=True)
+        for clone in machines
+    ]
+    errors = [worker.communicate(timeout=600)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], (
+        errors[0][-2000:] + errors[1][-2000:]
+    )
+
+    show = [sys.executable, "-m", "mlpipe.sweep", "show", "--json", "--storage", storage]
+    shown = subprocess.run(show, cwd=machines[0], env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    trials = json.loads(shown.stdout)["trials"]
+    counted = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    assert len(counted) == 4 and {t["state"] for t in trials} <= {"COMPLETE", "FAIL"}
+    # Both machines worked on it: each ran at least one trial.
+    ran_here = [set(re.findall(r"trial (\d+) COMPLETE", err)) for err in errors]
+    assert all(ran_here) and not ran_here[0] & ran_here[1], ran_here
+
+    client = admin_client(server)
+    experiment = client.get_experiment_by_name("keras-tutorial")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`mlpipe.sweep.study` = 'team-search'"
+    )
+    [parent] = [run for run in runs if run.data.tags.get("mlpipe.sweep.role") == "parent"]
+    children = [run for run in runs if run is not parent]
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert {run.info.run_id for run in children} >= {t["mlflow_run_id"] for t in counted}
+    assert parent.info.status == "FINISHED"
+
+    # Every complete trial was pushed: the origin lists them all, whichever clone ran it.
+    listed = dvc(machines[0], "exp", "list", "origin", "--all-commits", "--name-only")
+    assert listed.returncode == 0, listed.stderr
+    assert {t["experiment"] for t in counted} <= set(listed.stdout.split())
 
 
 def test_database_uri_without_a_server(

@@ -163,3 +163,14 @@ def check_output_count(
             f"{source}: gives {shape[-1]} outputs per image, but the dataset has "
             f"{num_classes} classes; {fix}"
         )
+
+
+def check_input_shape(
+    model: NumpyModel | keras.Model, dataset: str, image_shape: tuple[int, ...], source: str
+) -> None:
+    """Refuse a model made for images of another shape (another dataset) before it is used."""
+    if tuple(model.input_shape[1:]) != image_shape:
+        raise ModelError(
+            f"{source}: takes images of shape {tuple(model.input_shape[1:])}, "
+            f"but {dataset} has {image_shape}; run the train stage again"
+        )

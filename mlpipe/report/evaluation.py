@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -116,4 +117,29 @@ def predictions_table(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataF
             "predicted": predicted,
             "probability": probabilities.max(axis=1).round(6),
         }
+    )
+
+
+def predicted(model: Any, images: np.ndarray, batch_size: int, num_classes: int, source: str):
+    """The model's class probabilities for `images`, refused when they cannot be trusted."""
+    probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
+    # Broken weights give NaN, which argmax would quietly read as class 0: never promote that.
+    check_model_outputs(probabilities, num_classes, source)
+    return probabilities
+
+
+def validation_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """The final model's accuracy and loss on the validation split: what promotion and a
+    sweep rank on, under the names train logs them per epoch."""
+    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    chosen = probabilities[np.arange(len(labels)), labels.astype(np.int64)]
+    loss = float(-np.log(np.clip(chosen, EPSILON, 1.0)).mean())
+    return {"val_accuracy": round(accuracy, 6), "val_loss": round(loss, 6)}
+
+
+def summary_line(metrics: dict[str, float]) -> str:
+    return (
+        f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} on "
+        f"{metrics['test_samples']} images; validation accuracy {metrics['val_accuracy']:.4f}, "
+        f"loss {metrics['val_loss']:.4f}"
     )

@@ -42,6 +42,13 @@ def owner_tags() -> dict[str, str]:
     }
 
 
+def owner_alive(pid: int, started: float) -> bool:
+    """Whether process `pid` of this host is the one that started at `started` and still runs
+    (a pid reused by another process does not count)."""
+    alive_since = _process_started(pid)
+    return alive_since is not None and abs(alive_since - started) < 1.0
+
+
 def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     """End as KILLED the RUNNING runs of this host whose process is gone; return their ids."""
     host = socket.gethostname().replace("'", "''")
@@ -58,8 +65,7 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
             started = float(tags.get(TAG_PID_STARTED) or tags.get("mlpipe.pid_started", "0"))
         except ValueError:
             continue
-        alive_since = _process_started(pid)
-        if alive_since is not None and abs(alive_since - started) < 1.0:
+        if owner_alive(pid, started):
             continue  # Still running: a concurrent stage, not an orphan.
         client.set_terminated(run.info.run_id, "KILLED")
         log.warning(

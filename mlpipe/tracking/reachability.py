@@ -23,9 +23,11 @@ def _bound_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-def check_reachable(uri: str, setting: str = "MLFLOW_TRACKING_URI") -> None:
-    """Fail fast, in one line, when the server or database behind `uri` (from `setting`)
-    cannot be used."""
+def check_reachable(
+    uri: str, setting: str = "MLFLOW_TRACKING_URI", what: str = "MLflow store"
+) -> None:
+    """Fail fast, in one line, when the server or database behind `uri` (from `setting`, the
+    `what` of the message) cannot be used."""
     from urllib.parse import urlparse
 
     scheme = urlparse(uri).scheme
@@ -38,7 +40,7 @@ def check_reachable(uri: str, setting: str = "MLFLOW_TRACKING_URI") -> None:
         _bound_http_retries()
         _check_server(uri)
     elif scheme not in ("sqlite", "databricks"):
-        _check_database(uri, setting)
+        _check_database(uri, setting, what)
 
 
 def _check_server(uri: str) -> None:
@@ -59,7 +61,7 @@ def _check_server(uri: str) -> None:
     check_login(uri)
 
 
-def _check_database(uri: str, setting: str) -> None:
+def _check_database(uri: str, setting: str, what: str) -> None:
     """Reach a database store (PostgreSQL, MySQL) within seconds, or say why not in one line.
 
     MLflow itself retries a refused connection for about two minutes before it gives up.
@@ -71,11 +73,11 @@ def _check_database(uri: str, setting: str) -> None:
         engine = sqlalchemy.create_engine(uri, connect_args=timeout)
     except ImportError as exc:
         raise TrackingError(
-            f"MLflow store {shown_uri(uri)}: its database driver is not installed "
+            f"{what} {shown_uri(uri)}: its database driver is not installed "
             f"({exc.name or exc}); pip install -r requirements.txt"
         ) from exc
     except Exception as exc:
-        raise TrackingError(f"MLflow store {shown_uri(uri)}: {first_line(exc)}") from exc
+        raise TrackingError(f"{what} {shown_uri(uri)}: {first_line(exc)}") from exc
     try:
         with engine.connect():
             pass
@@ -83,7 +85,7 @@ def _check_database(uri: str, setting: str) -> None:
         reason = _without_credentials(first_line(getattr(exc, "orig", None) or exc), uri)
         hint = " (a password belongs in ~/.pgpass)" if "no password supplied" in reason else ""
         raise TrackingError(
-            f"MLflow store {shown_uri(uri)} is not reachable ({reason}); "
+            f"{what} {shown_uri(uri)} is not reachable ({reason}); "
             f"start the database or check {setting}{hint}"
         ) from exc
     finally:

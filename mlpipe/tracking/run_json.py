@@ -29,6 +29,11 @@ class RunRecord(BaseModel):
     dataset: str = Field(min_length=1)
     data_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
+    @property
+    def version_label(self) -> str:
+        """`keras-tutorial-mnist version 3`: the registered version, as log lines name it."""
+        return f"{self.registered_model_name} version {self.registered_model_version}"
+
     def text(self) -> str:
         return json_text(self.model_dump())
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlpipe.errors import Terminated, TrackingError, first_line
+from mlpipe.errors import Pruned, Terminated, TrackingError, first_line
 from mlpipe.tracking.failures import tracking_failure
 from mlpipe.tracking.orphans import close_orphaned_runs, owner_tags
 from mlpipe.tracking.reachability import check_reachable
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
+
+PRUNED_TAG = "mlpipe.pruned_at_epoch"  # on a sweep's trial that its pruner stopped
 
 # The MLflow UI opens a "model training" experiment on its runs table (a GenAI one on traces).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -139,7 +141,8 @@ def run_tags(root: Path, extra: Mapping[str, str]) -> dict[str, str]:
 def tracked_run(
     client: MlflowClient, experiment_id: str, tags: Mapping[str, str]
 ) -> Iterator[Tracker]:
-    """Start a run; end it FINISHED, FAILED on an exception, KILLED on SIGINT or SIGTERM.
+    """Start a run; end it FINISHED, FAILED on an exception, KILLED on SIGINT, SIGTERM or a
+    sweep's pruning (tagged with the epoch it stopped at).
 
     The run is also made the active one, so MLflow's flavour functions (log_model) attach to it.
     Under `dvc exp run` the run is named after the DVC experiment.
@@ -163,6 +166,11 @@ def tracked_run(
         status = "FINISHED"
     except (KeyboardInterrupt, Terminated):
         status = "KILLED"
+        raise
+    except Pruned as exc:  # a sweep's pruner stopped it: killed on purpose, and said so
+        status = "KILLED"
+        with suppress(Exception):
+            tracker.set_tags({PRUNED_TAG: str(exc.epoch)})
         raise
     finally:
         if status != "FINISHED":

@@ -1,0 +1,150 @@
+"""Benchmark: what a sweep costs over plain `dvc exp run`, and what pruning saves.
+
+Run by hand from the repository root, with a folder holding mnist.npz:
+
+    DATA_MIRROR=/path/to/mirror .venv/bin/python benchmarks/sweep.py [--fraction 0.5] [--epochs 8]
+
+In copies of the project under benchmarks/work/sweep/ (one per measurement, so that no run
+cache is shared), it measures:
+- overhead: three trials of a one-worker grid study against the same three param sets run as
+  plain `dvc exp run --temp`, one after the other (distinct learning rates, so DVC's run cache
+  restores nothing);
+- pruning: a 12-trial study over a space with bad regions (learning rates from 1e-5 to 1, with
+  sgd, adam and rmsprop), random sampler with one seed, so both studies try the same points:
+  with the median pruner and without, wall time and best val_accuracy of each.
+It writes benchmarks/sweep_results.csv and prints the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "benchmarks" / "work" / "sweep"
+sys.path.insert(0, str(REPO))
+from tests.conftest import project_copy, run_git  # noqa: E402
+from tests.fakes import set_params  # noqa: E402
+
+BIN = str(Path(sys.executable).parent)
+
+
+def command(workspace: Path, *args: str) -> float:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.update(GIT_AUTHOR_NAME="bench", GIT_COMMITTER_NAME="bench")
+    env.update(GIT_AUTHOR_EMAIL="bench@example.com", GIT_COMMITTER_EMAIL="bench@example.com")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, *args], cwd=workspace, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return time.monotonic() - started
+
+
+def write_sweep(workspace: Path, **sweep: object) -> None:
+    (workspace / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+
+
+def shown(workspace: Path) -> dict:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlpipe.sweep", "show", "--json"],
+        cwd=workspace, env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fraction", type=float, default=0.5, help="preprocess.train_fraction")
+    parser.add_argument("--epochs", type=int, default=8)
+    args = parser.parse_args()
+    shutil.rmtree(WORK, ignore_errors=True)
+    base = project_copy(WORK / "base")
+    set_params(base, preprocess__train_fraction=args.fraction, train__epochs=args.epochs)
+    command(base, "-m", "dvc", "repro")
+    run_git(base, "add", "-A")
+    run_git(base, "commit", "-q", "-m", "baseline")
+    copies = {}
+    for name in ("plain", "sweep", "pruned", "unpruned"):
+        copies[name] = WORK / name
+        shutil.copytree(base, copies[name], symlinks=True)
+
+    rates = (0.02, 0.03, 0.04)
+    plain = sum(
+        command(copies["plain"], "-m", "dvc", "exp", "run", "--temp", "-n", f"plain-{i}",
+                "-S", f"train.learning_rate={rate}")
+        for i, rate in enumerate(rates)
+    )  # fmt: skip
+    write_sweep(
+        copies["sweep"], study="overhead",
+        objective={"metric": "val_loss", "direction": "minimize"},
+        trials=3, sampler={"name": "grid", "seed": 0}, pruner={"name": "none"},
+        space={"train.learning_rate": {"choices": list(rates)}},
+    )  # fmt: skip
+    swept = command(copies["sweep"], "-m", "mlpipe.sweep", "run")
+
+    results = {}
+    for name, pruner in (
+        ("unpruned", {"name": "none"}),
+        ("pruned", {"name": "median", "warmup_epochs": 2, "startup_trials": 3}),
+    ):
+        write_sweep(
+            copies[name], study=name,
+            objective={"metric": "val_accuracy", "direction": "maximize"}, trials=12,
+            sampler={"name": "random", "seed": 7}, pruner=pruner,
+            space={
+                "train.learning_rate": {"low": 1.0e-5, "high": 1.0, "log": True},
+                "train.optimizer": {"choices": ["sgd", "adam", "rmsprop"]},
+            },
+        )  # fmt: skip
+        seconds = command(copies[name], "-m", "mlpipe.sweep", "run")
+        study = shown(copies[name])
+        states = [t["state"] for t in study["trials"]]
+        results[name] = (seconds, study["best"]["value"], states.count("PRUNED"))
+
+    rows = [
+        ("three plain dvc exp run, total", round(plain, 2), "s", ""),
+        ("three-trial sweep, total", round(swept, 2), "s", ""),
+        ("sweep overhead per trial", round(100 * (swept / plain - 1), 1), "%", "< 10"),
+    ]
+    (unpruned_s, unpruned_best, _), (pruned_s, pruned_best, pruned_count) = (
+        results["unpruned"], results["pruned"],
+    )  # fmt: skip
+    rows += [
+        ("12 trials unpruned: wall time", round(unpruned_s, 1), "s", ""),
+        ("12 trials unpruned: best val_accuracy", unpruned_best, "", ""),
+        ("12 trials pruned: wall time", round(pruned_s, 1), "s", ""),
+        ("12 trials pruned: best val_accuracy", pruned_best, "", ""),
+        ("12 trials pruned: trials pruned", pruned_count, "", ""),
+        ("pruned time, share of unpruned", round(100 * pruned_s / unpruned_s, 1), "%", "<= 60"),
+        (
+            "pruned best, below unpruned",
+            round(100 * (1 - pruned_best / unpruned_best), 2),
+            "%",
+            "<= 1",
+        ),
+    ]
+    machine = f"{os.cpu_count()}-core {platform.machine()}, {platform.system()}"
+    with open(REPO / "benchmarks" / "sweep_results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["measure", "value", "unit", "target"])
+        writer.writerows(rows)
+    print(f"machine: {machine}; train_fraction {args.fraction}, {args.epochs} epochs")
+    for measure, value, unit, target in rows:
+        print(f"{measure}: {value} {unit}" + (f" (target {target})" if target else ""))
+
+
+if __name__ == "__main__":
+    main()
