@@ -69,6 +69,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fraction", type=float, default=0.5, help="preprocess.train_fraction")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--pruning-only", action="store_true",
+        help="only the pruned/unpruned studies, into benchmarks/sweep_pruning_results.csv",
+    )  # fmt: skip
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     base = project_copy(WORK / "base")
@@ -82,7 +86,7 @@ def main() -> None:
         shutil.copytree(base, copies[name], symlinks=True)
 
     rates = (0.02, 0.03, 0.04)
-    plain = sum(
+    plain = 0.0 if args.pruning_only else sum(
         command(copies["plain"], "-m", "dvc", "exp", "run", "--temp", "-n", f"plain-{i}",
                 "-S", f"train.learning_rate={rate}")
         for i, rate in enumerate(rates)
@@ -93,7 +97,7 @@ def main() -> None:
         trials=3, sampler={"name": "grid", "seed": 0}, pruner={"name": "none"},
         space={"train.learning_rate": {"choices": list(rates)}},
     )  # fmt: skip
-    swept = command(copies["sweep"], "-m", "mlpipe.sweep", "run")
+    swept = 0.0 if args.pruning_only else command(copies["sweep"], "-m", "mlpipe.sweep", "run")
 
     results = {}
     for name, pruner in (
@@ -114,11 +118,15 @@ def main() -> None:
         states = [t["state"] for t in study["trials"]]
         results[name] = (seconds, study["best"]["value"], states.count("PRUNED"))
 
-    rows = [
-        ("three plain dvc exp run, total", round(plain, 2), "s", ""),
-        ("three-trial sweep, total", round(swept, 2), "s", ""),
-        ("sweep overhead per trial", round(100 * (swept / plain - 1), 1), "%", "< 10"),
-    ]
+    rows = (
+        []
+        if args.pruning_only
+        else [
+            ("three plain dvc exp run, total", round(plain, 2), "s", ""),
+            ("three-trial sweep, total", round(swept, 2), "s", ""),
+            ("sweep overhead per trial", round(100 * (swept / plain - 1), 1), "%", "< 10"),
+        ]
+    )
     (unpruned_s, unpruned_best, _), (pruned_s, pruned_best, pruned_count) = (
         results["unpruned"], results["pruned"],
     )  # fmt: skip
@@ -137,9 +145,13 @@ def main() -> None:
         ),
     ]
     machine = f"{os.cpu_count()}-core {platform.machine()}, {platform.system()}"
-    with open(REPO / "benchmarks" / "sweep_results.csv", "w", newline="") as handle:
+    name = "sweep_pruning_results.csv" if args.pruning_only else "sweep_results.csv"
+    with open(REPO / "benchmarks" / name, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["measure", "value", "unit", "target"])
+        writer.writerow(
+            [f"setting: train_fraction {args.fraction}, epochs {args.epochs}", "", "", ""]
+        )
         writer.writerows(rows)
     print(f"machine: {machine}; train_fraction {args.fraction}, {args.epochs} epochs")
     for measure, value, unit, target in rows:
