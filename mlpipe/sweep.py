@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from mlpipe.runner import execute
 from mlpipe.search import spec as specs
 from mlpipe.search import study as studies
 from mlpipe.search.worker import existing_experiments, experiment_name, experiment_ref
+from mlpipe.tracking.run_lifecycle import git_commit
 
 log = logging.getLogger("sweep")
 
@@ -137,10 +137,7 @@ def _end_if_running(client: Any, run_id: str) -> None:
 
 
 def _require_git_commit(workspace: Path) -> None:
-    found = subprocess.run(
-        ["git", "rev-parse", "--verify", "HEAD"], cwd=workspace, capture_output=True, text=True
-    )
-    if found.returncode != 0:
+    if git_commit(workspace) is None:
         raise ConfigError(
             f"{workspace} is not a Git repository with a commit: each trial is a DVC experiment "
             "of a commit; `git init` and commit the pipeline first"

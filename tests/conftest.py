@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -214,6 +215,19 @@ def dvc(
         text=True,
         timeout=timeout,
     )
+
+
+def experiment_data(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json`: each experiment's name -> its data (params, metrics)."""
+    shown = dvc(repo, "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    found = {}
+    for baseline in json.loads(shown.stdout):
+        for experiment in baseline.get("experiments") or []:
+            for revision in experiment["revs"]:
+                name = revision.get("name") or experiment.get("name")
+                found[name] = revision.get("data") or {}
+    return found
 
 
 def run_queue_of_two(repo: Path, **env: str) -> set[str]:

@@ -6,29 +6,30 @@ experiment takes seconds.
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_of, dvc, needs_mirror, run_git, run_queue_of_two
+from tests.conftest import (
+    REPO,
+    copy_of,
+    dvc,
+    experiment_data,
+    needs_mirror,
+    run_git,
+    run_queue_of_two,
+)
 
 pytestmark = [pytest.mark.slow, needs_mirror]
 
 
 def exp_rows(repo: Path) -> dict[str, dict]:
     """Experiment name -> its metrics from `dvc exp show --json`."""
-    shown = dvc(repo, "exp", "show", "--json")
-    assert shown.returncode == 0, shown.stderr
-    rows = {}
-    for baseline in json.loads(shown.stdout):
-        for exp in baseline.get("experiments") or []:
-            for revision in exp["revs"]:
-                data = revision.get("data") or {}
-                metrics = data.get("metrics", {}).get("reports/metrics.json", {}).get("data", {})
-                rows[revision.get("name") or exp.get("name")] = metrics
-    return rows
+    return {
+        name: data.get("metrics", {}).get("reports/metrics.json", {}).get("data", {})
+        for name, data in experiment_data(repo).items()
+    }
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import client_for, dvc, stage_env
+from tests.conftest import client_for, dvc, experiment_data, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -52,18 +52,6 @@ def shown(repo: Path, **env: str) -> dict:
     return json.loads(result.stdout)
 
 
-def experiments(repo: Path) -> dict[str, dict]:
-    """DVC's experiments of the baseline, by name: their params and metrics."""
-    result = dvc(repo, "exp", "show", "--json")
-    assert result.returncode == 0, result.stderr
-    found = {}
-    for baseline in json.loads(result.stdout):
-        for experiment in baseline.get("experiments") or []:
-            for revision in experiment["revs"]:
-                found[revision["name"]] = revision["data"]
-    return found
-
-
 def runs_of(repo: Path) -> tuple[object, list]:
     """The study's parent run and its child runs, from the workspace's MLflow store."""
     client = client_for(repo)
@@ -84,7 +72,7 @@ def test_a_study_on_one_machine_agrees_in_optuna_dvc_and_mlflow(small_repro: Pat
     assert all(t["epochs"] == 2 for t in study["trials"])
 
     # DVC: one experiment per trial, with the trial's params and its value as metric.
-    kept = experiments(small_repro)
+    kept = experiment_data(small_repro)
     assert {f"s-{n}" for n in range(4)} <= set(kept)
     for trial in study["trials"]:
         data = kept[trial["experiment"]]
@@ -159,7 +147,7 @@ def test_a_hopeless_trial_is_pruned_and_kept_nowhere(small_repro: Path) -> None:
     assert run.info.status == "KILLED"
     assert run.data.tags["mlpipe.pruned_at_epoch"] == str(hopeless["epochs"])
     assert len(run.data.metrics) and "test_accuracy" not in run.data.metrics
-    assert f"s-{hopeless['number']}" not in experiments(small_repro)
+    assert f"s-{hopeless['number']}" not in experiment_data(small_repro)
 
     # The same params outside the sweep: DVC trains them (no run cache entry restores them).
     again = dvc(small_repro, "exp", "run", "--temp", "-S", "train.learning_rate=1e-05",

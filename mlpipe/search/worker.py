@@ -65,12 +65,14 @@ class Workers:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _children: dict[int, subprocess.Popen] = field(default_factory=dict)
+    _pushes: bool = False
     failures_in_a_row: int = 0
     error: str | None = None
 
     def run(self) -> None:
         """Work until the study has its total; on Ctrl-C or SIGTERM stop the trials under way
         (their runs end KILLED, their trials FAIL) and re-raise."""
+        self._pushes = has_remotes(self.workspace)  # once: the remotes do not change mid-run
         threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.workers)]
         for thread in threads:
             thread.start()
@@ -131,7 +133,8 @@ class Workers:
             studies.tell(self.study, number, float(value))
             self._succeeded()
             log.info("trial %d COMPLETE: %s %.6f", number, self.spec.objective.metric, value)
-            push(self.workspace, name)
+            if self._pushes:
+                push(self.workspace, name)
         elif PRUNED_ATTR in frozen.user_attrs and not self._stop.is_set():
             studies.tell(self.study, number, state=TrialState.PRUNED)
             self._succeeded()
@@ -246,11 +249,15 @@ def failure_line(log_file: Path, code: int) -> str:
     return f"dvc exp run exited with code {code}"
 
 
-def experiment_ref(workspace: Path, name: str) -> str | None:
-    """The Git ref DVC keeps the experiment `name` under (refs/exps/<base>/<name>)."""
+def experiment_refs(workspace: Path) -> dict[str, str]:
+    """DVC's experiments by name, each with the Git ref it is kept under
+    (refs/exps/<base>/<name>)."""
     listed = _git(workspace, "for-each-ref", "--format=%(refname)", "refs/exps")
-    found = [ref for ref in listed.splitlines() if ref.rsplit("/", 1)[-1] == name]
-    return found[-1] if found else None
+    return {ref.rsplit("/", 1)[-1]: ref for ref in listed.splitlines()}
+
+
+def experiment_ref(workspace: Path, name: str) -> str | None:
+    return experiment_refs(workspace).get(name)
 
 
 def experiment_metrics(workspace: Path, name: str) -> dict[str, Any] | None:
@@ -266,16 +273,13 @@ def experiment_metrics(workspace: Path, name: str) -> dict[str, Any] | None:
 
 def existing_experiments(workspace: Path, study: str) -> list[str]:
     """The DVC experiments named like this study's trials (`<study>-<number>`)."""
-    listed = _git(workspace, "for-each-ref", "--format=%(refname)", "refs/exps")
-    names = [ref.rsplit("/", 1)[-1] for ref in listed.splitlines()]
+    names = experiment_refs(workspace)
     return sorted(n for n in names if n.startswith(f"{study}-") and n[len(study) + 1 :].isdigit())
 
 
 def push(workspace: Path, name: str) -> None:
-    """`dvc exp push origin <name>` when the repository has both a Git `origin` and a default
-    DVC remote, so any member can `dvc exp pull` it; a failed push is a warning."""
-    if not _has_remotes(workspace):
-        return
+    """`dvc exp push origin <name>`, so any member can `dvc exp pull` it; a failed push is a
+    warning."""
     pushed = subprocess.run(
         [*DVC, "exp", "push", "origin", name],
         cwd=workspace,
@@ -292,7 +296,8 @@ def push(workspace: Path, name: str) -> None:
         )
 
 
-def _has_remotes(workspace: Path) -> bool:
+def has_remotes(workspace: Path) -> bool:
+    """Whether the repository has both a Git `origin` and a default DVC remote to push to."""
     origin = subprocess.run(
         ["git", "remote", "get-url", "origin"], cwd=workspace, capture_output=True, text=True
     )
