@@ -10,8 +10,9 @@ cache is shared), it measures:
   plain `dvc exp run --temp`, one after the other (distinct learning rates, so DVC's run cache
   restores nothing);
 - pruning: a 12-trial study over a space with bad regions (learning rates from 1e-5 to 1, with
-  sgd, adam and rmsprop), random sampler with one seed, so both studies try the same points:
-  with the median pruner and without, wall time and best val_accuracy of each.
+  sgd, adam and rmsprop), random sampler with one seed, so every study tries the same points:
+  unpruned, with the median pruner and with the hyperband pruner, wall time and best
+  val_accuracy of each.
 It writes benchmarks/sweep_results.csv and prints the figures.
 """
 
@@ -37,6 +38,12 @@ from tests.conftest import project_copy, run_git  # noqa: E402
 from tests.fakes import set_params  # noqa: E402
 
 BIN = str(Path(sys.executable).parent)
+# The studies of the pruning measure, each in its own copy: the same twelve points, three pruners.
+PRUNERS = {
+    "unpruned": {"name": "none"},
+    "median": {"name": "median", "warmup_epochs": 2, "startup_trials": 3},
+    "hyperband": {"name": "hyperband", "warmup_epochs": 1},
+}
 
 
 def command(workspace: Path, *args: str) -> float:
@@ -81,7 +88,7 @@ def main() -> None:
     run_git(base, "add", "-A")
     run_git(base, "commit", "-q", "-m", "baseline")
     copies = {}
-    for name in ("plain", "sweep", "pruned", "unpruned"):
+    for name in ("plain", "sweep", *PRUNERS):
         copies[name] = WORK / name
         shutil.copytree(base, copies[name], symlinks=True)
 
@@ -100,10 +107,7 @@ def main() -> None:
     swept = 0.0 if args.pruning_only else command(copies["sweep"], "-m", "mlpipe.sweep", "run")
 
     results = {}
-    for name, pruner in (
-        ("unpruned", {"name": "none"}),
-        ("pruned", {"name": "median", "warmup_epochs": 2, "startup_trials": 3}),
-    ):
+    for name, pruner in PRUNERS.items():
         write_sweep(
             copies[name], study=name,
             objective={"metric": "val_accuracy", "direction": "maximize"}, trials=12,
@@ -127,23 +131,21 @@ def main() -> None:
             ("sweep overhead per trial", round(100 * (swept / plain - 1), 1), "%", "< 10"),
         ]
     )
-    (unpruned_s, unpruned_best, _), (pruned_s, pruned_best, pruned_count) = (
-        results["unpruned"], results["pruned"],
-    )  # fmt: skip
+    unpruned_s, unpruned_best, _ = results["unpruned"]
     rows += [
         ("12 trials unpruned: wall time", round(unpruned_s, 1), "s", ""),
         ("12 trials unpruned: best val_accuracy", unpruned_best, "", ""),
-        ("12 trials pruned: wall time", round(pruned_s, 1), "s", ""),
-        ("12 trials pruned: best val_accuracy", pruned_best, "", ""),
-        ("12 trials pruned: trials pruned", pruned_count, "", ""),
-        ("pruned time, share of unpruned", round(100 * pruned_s / unpruned_s, 1), "%", "<= 60"),
-        (
-            "pruned best, below unpruned",
-            round(100 * (1 - pruned_best / unpruned_best), 2),
-            "%",
-            "<= 1",
-        ),
     ]
+    for name in [name for name in PRUNERS if name != "unpruned"]:
+        seconds, best, count = results[name]
+        share, below = 100 * seconds / unpruned_s, 100 * (1 - best / unpruned_best)
+        rows += [
+            (f"12 trials {name}: wall time", round(seconds, 1), "s", ""),
+            (f"12 trials {name}: best val_accuracy", best, "", ""),
+            (f"12 trials {name}: trials pruned", count, "", ""),
+            (f"{name}: time, share of unpruned", round(share, 1), "%", "<= 60"),
+            (f"{name}: best, below unpruned", round(below, 2), "%", "<= 1"),
+        ]
     machine = f"{os.cpu_count()}-core {platform.machine()}, {platform.system()}"
     name = "sweep_pruning_results.csv" if args.pruning_only else "sweep_results.csv"
     with open(REPO / "benchmarks" / name, "w", newline="") as handle:
