@@ -26,7 +26,6 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mlpipe.atomic import atomic_path
 from mlpipe.config import DATASETS, load_params, registered_model_name
@@ -34,14 +33,12 @@ from mlpipe.errors import ConfigError, TrackingError
 from mlpipe.paths import HERE
 from mlpipe.runner import execute
 from mlpipe.tracking.failures import tracking_failure
+from mlpipe.tracking.members import ensure_registered_model, grant, team_experiment, user_exists
+from mlpipe.tracking.object_store import check_s3_writable
 from mlpipe.tracking.reachability import check_reachable
-from mlpipe.tracking.run_lifecycle import EXPERIMENT_TAGS
 from mlpipe.tracking.server_access import refused_status
+from mlpipe.tracking.server_process import check_port_free, serve_until_stopped
 from mlpipe.tracking.store import shown_uri
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
-    from mlflow.server.auth.client import AuthServiceClient
 
 log = logging.getLogger("team")
 
@@ -83,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where the server keeps models and figures: a folder, or s3://bucket/path",
     )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--port", type=port_number, default=5000)
     serve.add_argument(
         "--allowed-hosts",
         help="Host headers to accept, comma-separated (needed behind a proxy or on 0.0.0.0)",
@@ -119,6 +116,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--params", type=Path, default=HERE.params_file, help="names the experiment"
     )
     return parser.parse_args(argv)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1-65535, for argparse (which names the option and exits 2 otherwise)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
 
 
 def read_secret(
@@ -202,7 +206,8 @@ def check_database_uri(uri: str, option: str) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Check both databases answer, write the auth configuration, then become the server."""
+    """Check the databases, the artifact store and the port, write the auth configuration,
+    then run the server until it stops."""
     password = read_secret(
         args.admin_password_file, "admin password", ADMIN_PASSWORD_ENV, "--admin-password-file"
     )
@@ -222,8 +227,11 @@ def serve(args: argparse.Namespace) -> None:
     args.state_dir.chmod(0o700)
     config = args.state_dir / "basic_auth.ini"
     write_private(config, auth_config(DEFAULT_PERMISSION, auth_uri, args.admin_username))
-    if "://" not in args.artifacts_destination:
+    if args.artifacts_destination.startswith("s3://"):
+        check_s3_writable(args.artifacts_destination)
+    elif "://" not in args.artifacts_destination:
         Path(args.artifacts_destination).mkdir(parents=True, exist_ok=True)
+    check_port_free(args.host, args.port)
     command = [
         sys.executable,
         "-m",
@@ -262,8 +270,16 @@ def serve(args: argparse.Namespace) -> None:
         shown_uri(auth_uri),
         shown_uri(args.artifacts_destination),
     )
-    sys.stderr.flush()
-    os.execve(sys.executable, command, environment)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    url = f"http://[{host}]:{args.port}" if ":" in host else f"http://{host}:{args.port}"
+    served = (args.allowed_hosts or "").split(",")[0].strip()
+    serve_until_stopped(
+        command,
+        environment,
+        url,
+        (args.admin_username, password),
+        host_header=served if served and "*" not in served else None,
+    )
 
 
 def add_member(args: argparse.Namespace) -> None:
@@ -287,18 +303,18 @@ def add_member(args: argparse.Namespace) -> None:
     experiment = params.mlflow.experiment_name
     models = [registered_model_name(params.mlflow.registered_model_name, d) for d in DATASETS]
     try:
-        if not _user_exists(auth, args.username):
+        if not user_exists(auth, args.username):
             auth.create_user(args.username, member_password(args))
         elif args.password_file is not None:
             auth.update_user_password(args.username, member_password(args))
             log.info("user %s exists already: password set", args.username)
         else:
             log.info("user %s exists already: password unchanged", args.username)
-        experiment_id = _experiment_id(client, experiment)
-        _grant(auth, args.username, "experiment", experiment_id, args.permission)
+        experiment_id = team_experiment(client, experiment)
+        grant(auth, args.username, "experiment", experiment_id, args.permission)
         for name in models:
-            _ensure_registered_model(client, name)
-            _grant(auth, args.username, "registered_model", name, args.permission)
+            ensure_registered_model(client, name)
+            grant(auth, args.username, "registered_model", name, args.permission)
     except MlflowException as exc:
         refused = refused_status(exc)
         if refused and refused[0] == 403:
@@ -329,52 +345,6 @@ def member_password(args: argparse.Namespace) -> str:
     if not password:
         raise ConfigError(f"no password given for {args.username}")
     return password
-
-
-def _user_exists(auth: AuthServiceClient, username: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        auth.get_user(username)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        return False
-    return True
-
-
-def _grant(
-    auth: AuthServiceClient, username: str, kind: str, resource: str, permission: str
-) -> None:
-    """Give `username` exactly `permission` on the resource, replacing what they had."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        auth.grant_user_permission(username, kind, resource, permission)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        auth.revoke_user_permission(username, kind, resource)
-        auth.grant_user_permission(username, kind, resource, permission)
-
-
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    """The team experiment's id, created (as the pipeline would tag it) if need be."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, tags=EXPERIMENT_TAGS)
-    return experiment.experiment_id
-
-
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        client.create_registered_model(name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@ stays blank. This fetches the very versions DVC's page asks for from the npm reg
 registry `npm install` uses), checks each package against the integrity hash npm published,
 writes `.dvc/plots/offline.html` with the three scripts inline, and only then names it in this
 clone's `.dvc/config.local` (`plots.html_template`), so a clone without it keeps DVC's page.
-If the registry cannot be reached, nothing changes (plots then need internet), and it says so.
+It first makes `.dvc/config.local` readable by this user only (it may hold a remote's
+credentials). If the registry cannot be reached, nothing else changes (plots then need
+internet), and it says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -72,12 +75,22 @@ def offline_page() -> str:
     return PAGE_HTML.replace("{scripts}", inline)
 
 
+def private_local_config() -> None:
+    """This clone's `.dvc/config.local`, made (or made again) readable by its owner only: it is
+    where DVC puts a remote's `--local` settings, credentials among them, and DVC rewrites an
+    existing file in place, keeping its mode (it would create one world-readable)."""
+    path = ROOT / ".dvc" / "config.local"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+
+
 def main() -> int:
     import gzip
     import zlib
 
     import requests
 
+    private_local_config()
     sys.path.insert(0, str(ROOT))
     from mlpipe.atomic import write_text
 

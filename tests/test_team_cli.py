@@ -133,3 +133,55 @@ def test_refused_logins_and_permissions_are_named(monkeypatch: pytest.MonkeyPatc
     denied = refusal(rest_error("/api/2.0/mlflow/registered-models/alias", 403), uri)
     assert "user 'bob' may not do registered-models/alias here (HTTP 403" in denied
     assert denied.endswith("python -m mlpipe.team add-member bob")
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "http", "80.5"])
+def test_serve_refuses_a_port_that_is_not_one(capsys: pytest.CaptureFixture[str], port: str):
+    code, err = run(capsys, "serve", "--port", port)
+    assert code == 2
+    assert f"argument --port: {port!r} is not a port (1-65535)" in err
+
+
+def test_a_port_in_use_is_named_before_the_server_starts() -> None:
+    import socket
+
+    from mlpipe.tracking.server_process import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--port {port}: cannot listen there .*another"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///path", "s3://key:secret@bucket/x", "gs://b/x"])
+def test_an_s3_destination_must_name_a_bucket(uri: str) -> None:
+    from mlpipe.tracking.object_store import split_s3_uri
+
+    with pytest.raises(ConfigError, match="not an S3 location; write s3://bucket/path") as raised:
+        split_s3_uri(uri)
+    assert "secret" not in str(raised.value)
+
+
+def test_a_failed_artifact_request_names_the_artifact_store_not_the_database() -> None:
+    from mlflow.exceptions import MlflowException
+
+    from mlpipe.tracking.failures import tracking_failure
+
+    server = "http://127.0.0.1:5000"
+    template = (
+        "API request to {0}/api/2.0/{1} failed with exception HTTPConnectionPool(host="
+        "'127.0.0.1', port=5000): Max retries exceeded with url: /api/2.0/{1} ({2})"
+    )
+    upload = "mlflow-artifacts/artifacts/1/abc/artifacts/figures/accuracy.png"
+    status = "Caused by ResponseError('too many 500 error responses')"
+    timeout = 'Caused by ReadTimeoutError("Read timed out. (read timeout=10)")'
+    for path, cause, expected in (
+        (upload, status, "could not store or read an artifact (HTTP 500 from /mlflow-artifacts/"),
+        (upload, timeout, "could not store or read an artifact (no answer in time"),
+        ("mlflow/runs/log-batch", status, "answers HTTP 500 (is its database down?)"),
+    ):
+        line = tracking_failure(MlflowException(template.format(server, path, cause)), server)
+        assert expected in line, line

@@ -38,6 +38,15 @@ def tracking_failure(exc: BaseException, uri: str) -> str:
     if refused:
         return refused
     failing = re.search(r"too many (5\d\d) error responses", str(exc))
+    if "/mlflow-artifacts/" in str(exc) and (failing or "timed out" in str(exc)):
+        # Served artifacts: the request that failed is the server's, to its artifact store.
+        answer = f"HTTP {failing.group(1)}" if failing else "no answer in time"
+        return (
+            f"MLflow tracking server {shown_uri(uri)} could not store or read an artifact "
+            f"({answer} from /mlflow-artifacts/: its artifact store, an S3 bucket or a "
+            "folder, failed); ask its admin to check the server's log and that store, then "
+            "run again"
+        )
     if failing:
         return (
             f"MLflow tracking server {shown_uri(uri)} answers HTTP {failing.group(1)} (is its "
