@@ -155,6 +155,17 @@ class TeamServer:
     state_dir: Path
 
 
+def team_serve_command(cluster: Postgres, folder: Path, destination: str, port: int) -> list[str]:
+    """The README's `python -m mlpipe.team serve` over `cluster`, state and the admin's
+    password file in `folder`, artifacts at `destination`."""
+    return [
+        *(sys.executable, "-m", "mlpipe.team", "serve"),
+        *("--backend-store-uri", cluster.uri("mlflow"), "--artifacts-destination", destination),
+        *("--port", str(port), "--workers", "2", "--state-dir", str(folder / "state")),
+        *("--admin-password-file", str(secret_file(folder, "admin", ADMIN_PASSWORD))),
+    ]
+
+
 def start_team_server(
     cluster: Postgres, folder: Path, destination: str | None = None, **env: str
 ) -> TeamServer:
@@ -162,24 +173,7 @@ def start_team_server(
     `destination` (s3://...); ready when /health answers."""
     port = free_port()
     artifacts = folder / "artifacts"
-    command = [
-        sys.executable,
-        "-m",
-        "mlpipe.team",
-        "serve",
-        "--backend-store-uri",
-        cluster.uri("mlflow"),
-        "--artifacts-destination",
-        destination or str(artifacts),
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--state-dir",
-        str(folder / "state"),
-        "--admin-password-file",
-        str(secret_file(folder, "admin", ADMIN_PASSWORD)),
-    ]
+    command = team_serve_command(cluster, folder, destination or str(artifacts), port)
     url = f"http://127.0.0.1:{port}"
     process = serve(
         command,

@@ -33,7 +33,6 @@ from tests.conftest import (
     stop,
 )
 from tests.services import (
-    ADMIN_PASSWORD,
     S3_READER_KEY,
     S3_READER_SECRET,
     S3_SECRET,
@@ -43,10 +42,10 @@ from tests.services import (
     add_member,
     create_team_databases,
     pgpass_file,
-    secret_file,
     start_postgres,
     start_seaweed,
     start_team_server,
+    team_serve_command,
 )
 from tests.test_predict import drawn_digit
 
@@ -100,12 +99,7 @@ def team_serve(
 ) -> tuple[subprocess.CompletedProcess[str], float, int]:
     """`team serve` run to its end (it should refuse to start): the result, its seconds, port."""
     port = free_port()
-    command = [
-        *(sys.executable, "-m", "mlpipe.team", "serve"),
-        *("--backend-store-uri", cluster.uri("mlflow"), "--artifacts-destination", destination),
-        *("--port", str(port), "--state-dir", str(folder / "state")),
-        *("--admin-password-file", str(secret_file(folder, "admin", ADMIN_PASSWORD))),
-    ]
+    command = team_serve_command(cluster, folder, destination, port)
     environment = stage_env(PGPASSFILE=str(pgpass_file(cluster, folder)), **env)
     started = time.monotonic()
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
