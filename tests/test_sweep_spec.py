@@ -313,3 +313,39 @@ def test_a_garbled_trial_link_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match=r"MLPIPE_SWEEP: not a sweep's trial"):
         trials.current()
     trials.current.cache_clear()
+
+
+def test_trials_start_dvc_one_at_a_time_until_it_took_its_entry(tmp_path: Path) -> None:
+    """`dvc exp run --temp` takes the first stashed entry, not its own: a sweep starts the
+    next one only once the last said which experiment it reproduces, and reads that name."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from mlpipe.search.worker import _one_start_at_a_time, _wait_until_reproducing
+
+    log_file = tmp_path / "0.log"
+    (tmp_path / "empty.log").write_text("")
+    with log_file.open("w") as output:
+        script = "import time; time.sleep(0.5); print(\"Reproducing experiment 's-0'\", flush=True)"
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=output)
+        assert _wait_until_reproducing(child, log_file) == "s-0"
+    child.wait()
+    quiet = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert _wait_until_reproducing(quiet, tmp_path / "empty.log") is None
+
+    held: list[str] = []
+
+    def start(name: str) -> None:
+        with _one_start_at_a_time(tmp_path):
+            held.append(f"{name} in")
+            time.sleep(0.3)
+            held.append(f"{name} out")
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [entry.split()[1] for entry in held] == ["in", "out", "in", "out"]
