@@ -34,7 +34,7 @@ from mlpipe.paths import HERE
 from mlpipe.runner import execute
 from mlpipe.tracking.failures import tracking_failure
 from mlpipe.tracking.members import ensure_registered_model, grant, team_experiment, user_exists
-from mlpipe.tracking.object_store import check_s3_writable
+from mlpipe.tracking.object_store import check_dvc_remote, check_s3_writable
 from mlpipe.tracking.reachability import check_reachable
 from mlpipe.tracking.server_access import refused_status
 from mlpipe.tracking.server_process import check_port_free, serve_until_stopped
@@ -115,6 +115,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     member.add_argument(
         "--params", type=Path, default=HERE.params_file, help="names the experiment"
     )
+    remote = commands.add_parser(
+        "check-remote", help="probe the team's DVC remote on S3 as dvc push reaches it"
+    )
+    remote.add_argument("name", nargs="?", help="the DVC remote (default: the default remote)")
     return parser.parse_args(argv)
 
 
@@ -352,8 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    action = serve if args.command == "serve" else add_member
-    return execute("team", lambda: action(args))
+    actions = {"serve": serve, "add-member": add_member, "check-remote": check_remote}
+    return execute("team", lambda: actions[args.command](args))
+
+
+def check_remote(args: argparse.Namespace) -> None:
+    """Write and delete a probe object on the DVC remote; the fault named if S3 refuses."""
+    log.info("%s", check_dvc_remote(args.name))
 
 
 if __name__ == "__main__":

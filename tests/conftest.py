@@ -454,23 +454,30 @@ def free_port() -> int:
 
 
 def serve(
-    command: list[str], cwd: Path, health_url: str, timeout: float = 120, **env: str
+    command: list[str],
+    cwd: Path,
+    health_url: str,
+    timeout: float = 120,
+    log: Path | None = None,
+    **env: str,
 ) -> subprocess.Popen:
-    """Start a server (its own process group) and wait until `health_url` answers 200."""
+    """Start a server (its own process group) and wait until `health_url` answers 200; its
+    output goes to `log`, if given."""
     import time
 
     import requests
 
     environment = stage_env(**env)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
-    server = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # servers fork workers: stop the whole group at the end
-    )
+    with open(log or os.devnull, "ab") as output:
+        server = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # servers fork workers: stop the whole group at the end
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, serve, stop
+from tests.conftest import REPO, free_port, serve
 
 ADMIN_PASSWORD = "team-admin-Secret-42"
 DB_PASSWORD = "db-Secret-pw-17"
@@ -170,7 +170,7 @@ def start_team_server(
     cluster: Postgres, folder: Path, destination: str | None = None, **env: str
 ) -> TeamServer:
     """`python -m mlpipe.team serve` on a free loopback port, artifacts in `folder` or at
-    `destination` (s3://...); ready when /health answers."""
+    `destination` (s3://...), its output in `folder`/server.log; ready when /health answers."""
     port = free_port()
     artifacts = folder / "artifacts"
     command = team_serve_command(cluster, folder, destination or str(artifacts), port)
@@ -180,6 +180,7 @@ def start_team_server(
         folder,
         f"{url}/health",
         timeout=180,
+        log=folder / "server.log",
         PGPASSFILE=str(pgpass_file(cluster, folder)),
         **env,
     )
@@ -265,14 +266,14 @@ class Seaweed:
 
         master, volume, filer, s3 = self.ports
         command = [
-            str(Path(sys.executable).parent / "weed"), "server", "-ip=127.0.0.1",
+            str(Path(sys.executable).parent / "weed"), "-logtostderr", "server", "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1", f"-dir={self.base / 'data'}", f"-master.port={master}",
             f"-volume.port={volume}", "-filer", f"-filer.port={filer}", "-s3",
             f"-s3.port={s3}", f"-s3.config={self.base / 's3.json'}", "-s3.port.iceberg=0",
             "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-volume.preStopSeconds=0",
             f"-s3.localSocket={self.base / 's3.sock'}",
             f"-filer.localSocket={self.base / 'filer.sock'}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=16",
+            "-master.volumeSizeLimitMB=64", "-volume.max=16", "-master.peers=none",
         ]  # fmt: skip
         log = open(self.base / "weed.log", "ab")  # noqa: SIM115 (the server's, until it stops)
         self.process = subprocess.Popen(
@@ -292,12 +293,19 @@ class Seaweed:
         pytest.fail(f"weed server did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
+        """Stopped as by a crash: SIGKILL (on SIGTERM weed takes over 20 s to exit)."""
+        import signal
+
         if self.process is not None and self.process.poll() is None:
-            stop(self.process)
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+        for port in self.ports:  # gRPC sockets weed puts in /tmp, no flag moves them
+            for socket in Path("/tmp").glob(f"seaweedfs-*-grpc-{port + 10000}.sock"):
+                socket.unlink(missing_ok=True)
 
 
 def loopback_port_pairs(count: int) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import (
+    REPO,
     copy_of,
     dvc,
     error_lines,
@@ -225,30 +227,6 @@ def test_a_run_through_the_server_lands_in_the_bucket(
         stop(served)
 
 
-@pytest.mark.reliability
-def test_a_store_down_under_the_server_is_named_then_the_same_run_completes(
-    store: Seaweed, server: TeamServer, tmp_path: Path
-) -> None:
-    """S3 stopped under the running server: train fails in one line that names the server's
-    artifact store (not its database), leaves no output, and once S3 is back the same command
-    completes with its artifacts in the bucket."""
-    workspace = quick_workspace(tmp_path / "ws")
-    store.stop()
-    try:
-        failed = run_stage_process(workspace, "train", **member_env(server))
-    finally:
-        store.start()
-    assert failed.returncode == 1, failed.stderr[-3000:]
-    [line] = error_lines(failed.stderr)
-    assert "could not store or read an artifact" in line and "artifact store" in line, line
-    assert "database" not in line
-    assert files_under(workspace / "models") == []
-    result = run_stage_process(workspace, "train", **member_env(server))
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_id = json.loads((workspace / "models/run.json").read_text())["run_id"]
-    assert [key for key in store.keys(BUCKET, "mlflow/") if f"/{run_id}/artifacts/" in key]
-
-
 # The DVC remote in the same bucket (s3://team/dvc), between two clones of one Git repository.
 
 
@@ -311,6 +289,9 @@ def test_results_travel_through_s3(store: Seaweed, clones: dict[str, Path]) -> N
     assert S3_SECRET not in (alice / ".dvc/config").read_text()
     assert (alice / ".dvc/config.local").stat().st_mode & 0o777 == 0o600
     assert S3_SECRET not in (alice / ".dvc/config.local").read_text()
+    checked = check_remote(alice, **no_aws_files(clones["folder"]))  # her credentialpath
+    assert checked.returncode == 0, checked.stderr
+    assert f"DVC remote 'team' s3://{BUCKET}/dvc" in checked.stderr and "writable" in checked.stderr
     pulled = dvc(bob, "pull", **bob_env(store))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     result = dvc(bob, "repro")
@@ -320,3 +301,195 @@ def test_results_travel_through_s3(store: Seaweed, clones: dict[str, Path]) -> N
     assert json.loads(shown[0]) == json.loads(shown[1])
     assert (alice / "models/model.keras").read_bytes() == (bob / "models/model.keras").read_bytes()
     assert S3_SECRET not in pulled.stdout + pulled.stderr + result.stdout + result.stderr
+
+
+def test_experiments_and_the_run_cache_travel_through_s3(
+    store: Seaweed, server: TeamServer, clones: dict[str, Path]
+) -> None:
+    """Alice's experiment, run through the team server, goes to the bucket with `dvc exp push`
+    and its stage runs with `dvc push --run-cache`; Bob pulls the experiment, and his
+    `dvc exp run --pull` of the same params restores the trained model instead of training
+    (evaluate runs again, against Alice's run on the server)."""
+    alice, bob = clones["alice"], clones["bob"]
+    ran = dvc(alice, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.1",
+              **member_env(server))  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    model = (alice / "models/model.keras").read_bytes()
+    for pushing in (("exp", "push", "origin", "lr-high"), ("push", "--run-cache")):
+        pushed = dvc(alice, *pushing)
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert store.keys(BUCKET, "dvc/runs/"), "no run cache in the bucket"
+
+    pulled = dvc(bob, "exp", "pull", "origin", "lr-high", **bob_env(store))
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert "lr-high" in dvc(bob, "exp", "list", "--name-only").stdout
+    restored = dvc(bob, "exp", "run", "--pull", "-S", "train.learning_rate=0.1",
+                   **bob_env(store), **member_env(server))  # fmt: skip
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in restored.stdout
+    assert (bob / "models/model.keras").read_bytes() == model
+
+
+def small_repo(folder: Path, store: Seaweed) -> tuple[Path, str]:
+    """A Git and DVC repository with the team's S3 remote as docs/team.md sets it, and one
+    tracked file of its own content, not pushed yet: the repository and the file's S3 key."""
+    import hashlib
+
+    folder.mkdir()
+    run_git(folder, "init", "-q")
+    made = in_shell(
+        folder,
+        f"dvc init -q && dvc remote add -d team s3://{BUCKET}/dvc"
+        f" && dvc remote modify team endpointurl {store.endpoint}"
+        " && dvc remote modify team verify true",
+    )
+    assert made.returncode == 0, made.stderr
+    content = f"notes of {folder}\n".encode()
+    (folder / "notes.txt").write_bytes(content)
+    added = dvc(folder, "add", "notes.txt")
+    assert added.returncode == 0, added.stderr
+    digest = hashlib.md5(content).hexdigest()
+    return folder, f"dvc/files/md5/{digest[:2]}/{digest[2:]}"
+
+
+def check_remote(repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """docs/team.md's `python -m mlpipe.team check-remote`, in `repo`."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlpipe.team", "check-remote"],
+        cwd=repo,
+        env=stage_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+S3_REFUSALS = {
+    "wrong secret": (
+        {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+        "S3 refused the credentials (SignatureDoesNotMatch)",
+    ),
+    "unknown key": (
+        {"AWS_ACCESS_KEY_ID": "AKIANOSUCHKEY00000"},
+        "S3 refused the credentials (InvalidAccessKeyId)",
+    ),
+    "read-only key": (
+        {"AWS_ACCESS_KEY_ID": S3_READER_KEY, "AWS_SECRET_ACCESS_KEY": S3_READER_SECRET},
+        "these credentials may not write and delete objects in bucket 'team' (AccessDenied)",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", S3_REFUSALS)
+def test_a_push_s3_refuses_fails_in_seconds_and_check_remote_names_why(
+    fault: str, store: Seaweed, tmp_path: Path
+) -> None:
+    """`dvc push` fails in bounded time, claims nothing, puts nothing in the bucket and shows
+    no secret, but says only "Forbidden" (S3's HEAD answers carry no reason); `team
+    check-remote` with the same credentials names the fault and the fix in one line."""
+    repo, key = small_repo(tmp_path / "repo", store)
+    env = {**bob_env(store), **S3_REFUSALS[fault][0], **no_aws_files(tmp_path)}
+    started = time.monotonic()
+    pushed = dvc(repo, "push", **env)
+    assert time.monotonic() - started < 60
+    assert pushed.returncode != 0
+    assert "1 file pushed" not in pushed.stdout + pushed.stderr
+    assert key not in store.keys(BUCKET, "dvc/")
+    checked = check_remote(repo, **env)
+    assert checked.returncode == 1, checked.stderr
+    [line] = error_lines(checked.stderr)
+    assert f"DVC remote 'team' s3://{BUCKET}/dvc (S3 endpoint {store.endpoint})" in line, line
+    assert S3_REFUSALS[fault][1] in line, line
+    for said in (pushed.stdout + pushed.stderr, checked.stdout + checked.stderr):
+        assert S3_SECRET not in said and S3_READER_SECRET not in said
+
+
+@pytest.mark.reliability
+def test_a_damaged_object_in_the_bucket_is_never_checked_out(
+    store: Seaweed, tmp_path: Path
+) -> None:
+    """With `verify true` (docs/team.md), `dvc pull` refuses an object whose bytes no longer
+    match its hash, and the workspace never gets it; repaired, the same pull completes."""
+    repo, key = small_repo(tmp_path / "repo", store)
+    assert dvc(repo, "push", **bob_env(store)).returncode == 0
+    original = (repo / "notes.txt").read_bytes()
+    shutil.rmtree(repo / ".dvc/cache")
+    (repo / "notes.txt").unlink()
+    client = store.client()
+    client.put_object(Bucket=BUCKET, Key=key, Body=original[:-4] + b"\0" * 4)
+    pulled = dvc(repo, "pull", **bob_env(store))
+    assert pulled.returncode != 0, pulled.stdout
+    assert not (repo / "notes.txt").exists()
+    client.put_object(Bucket=BUCKET, Key=key, Body=original)
+    again = dvc(repo, "pull", **bob_env(store))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (repo / "notes.txt").read_bytes() == original
+
+
+@pytest.mark.reliability
+def test_the_store_down_is_named_and_the_same_commands_complete_once_it_is_back(
+    store: Seaweed, server: TeamServer, tmp_path: Path
+) -> None:
+    """S3 stopped (killed) under the running team server and a `dvc push`: train fails in one
+    line naming the server's artifact store (not its database) and leaves no output; the push
+    fails in bounded time and claims nothing. Once S3 is back the same commands complete, and
+    what they made is in the bucket. (One outage for both: a restart costs seconds.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workspace = quick_workspace(tmp_path / "ws")
+    repo, key = small_repo(tmp_path / "repo", store)
+    store.stop()
+    try:
+        with ThreadPoolExecutor(2) as both:
+            training = both.submit(run_stage_process, workspace, "train", **member_env(server))
+            started = time.monotonic()
+            failed_push = dvc(repo, "push", **bob_env(store))
+            push_seconds = time.monotonic() - started
+            failed_train = training.result()
+    finally:
+        store.start()
+    assert failed_train.returncode == 1, failed_train.stderr[-3000:]
+    [line] = error_lines(failed_train.stderr)
+    assert "could not store or read an artifact" in line and "artifact store" in line, line
+    assert "database" not in line
+    assert files_under(workspace / "models") == []
+    assert failed_push.returncode != 0, failed_push.stdout
+    assert push_seconds < 120
+    assert "1 file pushed" not in failed_push.stdout + failed_push.stderr
+
+    result = run_stage_process(workspace, "train", **member_env(server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = json.loads((workspace / "models/run.json").read_text())["run_id"]
+    assert [key for key in store.keys(BUCKET, "mlflow/") if f"/{run_id}/artifacts/" in key]
+    pushed = dvc(repo, "push", **bob_env(store))
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert "1 file pushed" in pushed.stdout
+    assert key in store.keys(BUCKET, "dvc/")
+
+
+def test_no_file_these_tests_made_holds_a_secret(
+    store: Seaweed, cluster: Postgres, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Last: every file the module's tests left (workspaces, MLflow stores and runs, DVC
+    configs and caches, the team server's log, the PostgreSQL data behind MLflow, the S3
+    server's log and objects) is searched for the secrets; only the credential files the
+    tests wrote on purpose may hold them."""
+    secrets = [S3_SECRET.encode(), S3_READER_SECRET.encode()]
+    on_purpose = {"aws-credentials", "s3.json"}
+    defined = (REPO / "tests/services.py").read_bytes()  # copied with the project's files
+    here = [name[:30] for name in globals() if name.startswith("test_")]  # pytest's tmp names
+    made = [
+        folder
+        for folder in tmp_path_factory.getbasetemp().iterdir()
+        if folder.name.startswith("s3-") or any(folder.name.startswith(name) for name in here)
+    ]
+    roots = [*made, store.base, cluster.base]
+    holding = [
+        str(path)
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink() and path.name not in on_purpose
+        and any(secret in path.read_bytes() for secret in secrets)
+        and path.read_bytes() != defined
+    ]  # fmt: skip
+    assert holding == []

@@ -185,3 +185,23 @@ def test_a_failed_artifact_request_names_the_artifact_store_not_the_database() -
     ):
         line = tracking_failure(MlflowException(template.format(server, path, cause)), server)
         assert expected in line, line
+
+
+def test_check_remote_names_a_missing_remote_and_a_remote_that_is_not_s3(tmp_path: Path) -> None:
+    from dvc.repo import Repo
+
+    from mlpipe.tracking.object_store import check_dvc_remote
+
+    with pytest.raises(ConfigError, match="is not a DVC repository; run it in the clone"):
+        check_dvc_remote(root=str(tmp_path))
+    Repo.init(str(tmp_path), no_scm=True).close()
+    with pytest.raises(ConfigError, match="no DVC remote named and none is the default"):
+        check_dvc_remote(root=str(tmp_path))
+    with pytest.raises(ConfigError, match="no DVC remote 'team' here; dvc remote list"):
+        check_dvc_remote("team", root=str(tmp_path))
+    (tmp_path / ".dvc/config").write_text(
+        "[core]\n    no_scm = true\n    remote = team\n"
+        f"['remote \"team\"']\n    url = {tmp_path / 'store'}\n"
+    )
+    with pytest.raises(ConfigError, match="not an S3 location"):
+        check_dvc_remote(root=str(tmp_path))
