@@ -25,10 +25,12 @@ from tests.conftest import (
     copy_of,
     dvc,
     error_lines,
+    experiment_data,
     files_under,
     free_port,
     quick_workspace,
     run_git,
+    run_queue_of_two,
     run_stage_process,
     serve,
     stage_env,
@@ -306,24 +308,34 @@ def test_results_travel_through_s3(store: Seaweed, clones: dict[str, Path]) -> N
 def test_experiments_and_the_run_cache_travel_through_s3(
     store: Seaweed, server: TeamServer, clones: dict[str, Path]
 ) -> None:
-    """Alice's experiment, run through the team server, goes to the bucket with `dvc exp push`
-    and its stage runs with `dvc push --run-cache`; Bob pulls the experiment, and his
-    `dvc exp run --pull` of the same params restores the trained model instead of training
-    (evaluate runs again, against Alice's run on the server)."""
+    """Alice's queue of two experiments runs through the team server, each run's artifacts in
+    the bucket; one goes to the bucket with `dvc exp push`, the stage runs with
+    `dvc push --run-cache`. Bob pulls the experiment, and his `dvc exp run --pull` of the same
+    params restores its trained model instead of training (evaluate runs again, against
+    Alice's run on the server)."""
     alice, bob = clones["alice"], clones["bob"]
-    ran = dvc(alice, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.1",
-              **member_env(server))  # fmt: skip
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    model = (alice / "models/model.keras").read_bytes()
-    for pushing in (("exp", "push", "origin", "lr-high"), ("push", "--run-cache")):
+    names = run_queue_of_two(alice, **member_env(server))
+    ran = experiment_data(alice)
+    keys = store.keys(BUCKET, "mlflow/")
+    for name in names:
+        run_id = ran[name]["metrics"]["reports/metrics.json"]["data"]["mlflow_run_id"]
+        assert [key for key in keys if f"/{run_id}/artifacts/" in key], name
+    [chosen] = [
+        name
+        for name in names
+        if ran[name]["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.2
+    ]
+    for pushing in (("exp", "push", "origin", chosen), ("push", "--run-cache")):
         pushed = dvc(alice, *pushing)
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     assert store.keys(BUCKET, "dvc/runs/"), "no run cache in the bucket"
+    assert dvc(alice, "exp", "apply", chosen).returncode == 0
+    model = (alice / "models/model.keras").read_bytes()
 
-    pulled = dvc(bob, "exp", "pull", "origin", "lr-high", **bob_env(store))
+    pulled = dvc(bob, "exp", "pull", "origin", chosen, **bob_env(store))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
-    assert "lr-high" in dvc(bob, "exp", "list", "--name-only").stdout
-    restored = dvc(bob, "exp", "run", "--pull", "-S", "train.learning_rate=0.1",
+    assert chosen in dvc(bob, "exp", "list", "--name-only").stdout
+    restored = dvc(bob, "exp", "run", "--pull", "-S", "train.learning_rate=0.2",
                    **bob_env(store), **member_env(server))  # fmt: skip
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     assert "Stage 'train' is cached - skipping run, checking out outputs" in restored.stdout
