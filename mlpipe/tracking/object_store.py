@@ -74,9 +74,13 @@ def check_dvc_remote(name: str | None = None, root: str = ".") -> str:
         raise ConfigError(f"no DVC remote {name!r} here; dvc remote list shows those there are")
     option = f"DVC remote {name!r}"
     boto3 = _boto3(option)
+    import botocore.session
+
+    found = botocore.session.get_session()  # its own lookup, the credentials file DVC's if named
     if remote.get("credentialpath"):
-        os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.path.expanduser(remote["credentialpath"])
+        found.set_config_variable("credentials_file", os.path.expanduser(remote["credentialpath"]))
     session = boto3.Session(
+        botocore_session=found,
         profile_name=remote.get("profile"),
         aws_access_key_id=remote.get("access_key_id"),
         aws_secret_access_key=remote.get("secret_access_key"),
