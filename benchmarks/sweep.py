@@ -11,7 +11,7 @@ cache is shared), it measures:
   restores nothing);
 - pruning: a 12-trial study over a space with bad regions (learning rates from 1e-5 to 1, with
   sgd, adam and rmsprop), random sampler with one seed, so every study tries the same points:
-  unpruned, with the median pruner and with the hyperband pruner, wall time and best
+  unpruned, and with the median, hyperband and successive-halving pruners, wall time and best
   val_accuracy of each.
 It writes benchmarks/sweep_results.csv and prints the figures.
 """
@@ -42,7 +42,8 @@ BIN = str(Path(sys.executable).parent)
 PRUNERS = {
     "unpruned": {"name": "none"},
     "median": {"name": "median", "warmup_epochs": 2, "startup_trials": 3},
-    "hyperband": {"name": "hyperband", "warmup_epochs": 1},
+    "hyperband": {"name": "hyperband", "warmup_epochs": 0},
+    "successive_halving": {"name": "successive_halving", "warmup_epochs": 0},
 }
 
 

@@ -211,3 +211,55 @@ def test_a_worker_killed_mid_trial_leaves_nothing_running(small_repro: Path) -> 
     parent, children = runs_of(small_repro)
     assert [run.info.status for run in children].count("RUNNING") == 0
     assert parent.info.status == "FINISHED"
+
+
+def test_a_trials_dvc_run_reproduces_its_own_entry_and_no_other(tmp_path: Path) -> None:
+    """DVC's `exp run --temp` reproduces every entry in the workspace's experiment stash, its
+    own and then any another process stashed meanwhile, under its own environment; a trial's
+    (mlpipe.search.dvc_exp) reproduces the one it queued and leaves the other's alone."""
+    from mlpipe.search.worker import experiment_refs
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text("x: 1\n")
+    record = (
+        "import os; open('out.txt', 'w')"
+        ".write(os.environ['DVC_EXP_NAME'] + open('params.yaml').read())"
+    )
+    stage = {
+        "cmd": f'python -c "{record}"',
+        "params": ["x"],
+        "outs": [{"out.txt": {"cache": False}}],
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"echo": stage}}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e"]
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "echo"]):
+        subprocess.run([*git, *command], cwd=repo, check=True)
+    assert dvc(repo, "init", "-q").returncode == 0
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "dvc"], cwd=repo, check=True)
+
+    # Another process's entry, stashed and not yet taken (the moment two trials start together).
+    stash = (
+        "from dvc.repo import Repo; exps = Repo('.').experiments; "
+        "exps.queue_one(exps.tempdir_queue, params={'params.yaml': ['x=2']}, name='other')"
+    )
+    subprocess.run([sys.executable, "-c", stash], cwd=repo, check=True, env=stage_env())
+    command = ["exp", "run", "--temp", "-n", "mine", "-S", "x=3"]
+    ours = subprocess.run(
+        [sys.executable, "-m", "mlpipe.search.dvc_exp", *command],
+        cwd=repo,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert ours.returncode == 0, ours.stderr
+    refs = experiment_refs(repo)
+    assert set(refs) == {"mine", "stash"}  # the other's entry is still in the stash
+    made = subprocess.run(["git", "show", f"{refs['mine']}:out.txt"], cwd=repo, capture_output=True)
+    assert made.stdout == b"minex: 3\n"
+
+    # DVC's own command, the control: it runs its entry, then the other one still stashed.
+    theirs = dvc(repo, "exp", "run", "--temp", "-n", "third", "-S", "x=4")
+    assert theirs.returncode == 0, theirs.stderr
+    assert set(experiment_refs(repo)) == {"mine", "third", "other"}  # and the stash is empty

@@ -277,6 +277,7 @@ def test_the_epoch_hook_reports_and_prunes_after_the_warmup(
     hopeless = study.ask()
     pruner = {"name": "median", "warmup_epochs": warmup, "startup_trials": 1}
     monkeypatch.setenv(trials.ENV, link_to(journal, hopeless.number, pruner))
+    monkeypatch.setenv(trials.DVC_NAME, trials.experiment_name(spec.study, hopeless.number))
     trials.current.cache_clear()
     trials._optuna_trial.cache_clear()
     tracker = FakeTracker()
@@ -315,37 +316,68 @@ def test_a_garbled_trial_link_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
     trials.current.cache_clear()
 
 
-def test_trials_start_dvc_one_at_a_time_until_it_took_its_entry(tmp_path: Path) -> None:
-    """`dvc exp run --temp` takes the first stashed entry, not its own: a sweep starts the
-    next one only once the last said which experiment it reproduces, and reads that name."""
-    import subprocess
-    import sys
-    import threading
-    import time
+def test_a_trial_link_under_another_experiment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage reports to its trial only inside that trial's own DVC experiment: another
+    `dvc exp run` that took the entry (or none at all) must not write into the trial."""
+    link = {
+        "storage": "x",
+        "study": "s",
+        "number": 3,
+        "metric": "val_loss",
+        "direction": "minimize",
+        "pruner": {"name": "none"},
+        "parent_run_id": "p",
+    }
+    monkeypatch.setenv(trials.ENV, json.dumps(link))
+    for running, named in (
+        ("s-1", "DVC runs experiment 's-1'"),
+        (None, "no experiment of its own"),
+    ):
+        if running:
+            monkeypatch.setenv(trials.DVC_NAME, running)
+        else:
+            monkeypatch.delenv(trials.DVC_NAME, raising=False)
+        trials.current.cache_clear()
+        with pytest.raises(
+            ConfigError, match=rf"trial 3 of study 's' \(experiment 's-3'\).*{named}"
+        ):
+            trials.current()
+    monkeypatch.setenv(trials.DVC_NAME, "s-3")
+    trials.current.cache_clear()
+    assert trials.current().number == 3
+    trials.current.cache_clear()
 
-    from mlpipe.search.worker import _one_start_at_a_time, _wait_until_reproducing
 
-    log_file = tmp_path / "0.log"
-    (tmp_path / "empty.log").write_text("")
-    with log_file.open("w") as output:
-        script = "import time; time.sleep(0.5); print(\"Reproducing experiment 's-0'\", flush=True)"
-        child = subprocess.Popen([sys.executable, "-c", script], stdout=output)
-        assert _wait_until_reproducing(child, log_file) == "s-0"
-    child.wait()
-    quiet = subprocess.Popen([sys.executable, "-c", "pass"])
-    assert _wait_until_reproducing(quiet, tmp_path / "empty.log") is None
+@pytest.mark.parametrize(
+    ("changes", "whole"),
+    [
+        ({"set": {"train.epochs": 7}}, 7),
+        ({"set": {}}, PARAMS["train"]["epochs"]),
+        ({"set": {}, **with_space(**{"train.epochs": {"low": 2, "high": 9}})}, "auto"),
+        ({"set": {"train.epochs": 7}, "pruner": {"name": "hyperband", "max_epochs": 4}}, 4),
+    ],
+)
+def test_hyperband_knows_a_whole_trials_epochs(
+    tmp_path: Path, changes: dict, whole: object
+) -> None:
+    """Optuna's "auto" learns the most epochs from the first trial that ends, and prunes none
+    before: a sweep tells it the epochs when they are fixed."""
+    changes = {"pruner": {"name": "hyperband", "warmup_epochs": 1}, **changes}
+    pruner = studies.make_pruner(load(tmp_path, **changes).pruner.model_dump())
+    assert pruner._max_resource == whole
+    assert pruner._min_resource == changes["pruner"].get("warmup_epochs", 0) + 1
 
-    held: list[str] = []
 
-    def start(name: str) -> None:
-        with _one_start_at_a_time(tmp_path):
-            held.append(f"{name} in")
-            time.sleep(0.3)
-            held.append(f"{name} out")
-
-    threads = [threading.Thread(target=start, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [entry.split()[1] for entry in held] == ["in", "out", "in", "out"]
+def test_successive_halving_stops_a_trial_behind_at_its_first_rung(tmp_path: Path) -> None:
+    spec = load(tmp_path, pruner={"name": "successive_halving", "warmup_epochs": 1})
+    study = studies.open_study(spec, str(tmp_path / "s.journal"))
+    study.pruner = studies.make_pruner(spec.pruner.model_dump())
+    ahead = study.ask()
+    for epoch, value in ((1, 0.9), (2, 0.5)):
+        ahead.report(value, epoch)
+        assert not ahead.should_prune()  # alone at its rung (epoch 2): it goes on
+    behind = study.ask()
+    behind.report(2.0, 1)
+    assert not behind.should_prune()  # epoch 1 is warm-up
+    behind.report(1.5, 2)
+    assert behind.should_prune()  # val_loss 1.5 against 0.5 at the rung of epoch 2

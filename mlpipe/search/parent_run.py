@@ -110,7 +110,7 @@ def close_parent(
     from optuna.trial import TrialState
 
     from mlpipe.search.study import counts, decoded
-    from mlpipe.search.worker import experiment_name
+    from mlpipe.search.trial import experiment_name
 
     trials = study.get_trials(deepcopy=False)
     states = {state.name.lower(): 0 for state in TrialState}

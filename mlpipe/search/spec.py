@@ -22,7 +22,9 @@ SOURCE = "sweep.yaml"
 # The validation metrics train logs each epoch: what a sweep may rank and prune on.
 METRICS = ("val_loss", "val_accuracy")
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "hyperband", "successive_halving", "none")
+# The pruners that stop trials in rungs of epochs: they need the epochs of a whole trial.
+RUNG_PRUNERS = ("hyperband", "successive_halving")
 
 
 class _Strict(BaseModel):
@@ -43,6 +45,11 @@ class Pruner(_Strict):
     name: Literal[PRUNERS] = "median"
     warmup_epochs: int = Field(default=0, ge=0, description="epochs before any pruning")
     startup_trials: int = Field(default=5, ge=0, description="trials run whole before pruning")
+    max_epochs: int | None = Field(
+        default=None,
+        gt=0,
+        description="a whole trial's epochs; from set or params.yaml if not given",
+    )
 
 
 Number = int | float
@@ -119,6 +126,13 @@ def load_spec(path: Path, params_raw: dict[str, Any]) -> SweepSpec:
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0])) from exc
     check_against_params(spec, params_raw)
+    # A whole trial's epochs, known unless the space varies them: Optuna's "auto" waits for
+    # the first trial to end, and prunes none before.
+    fixed = "train.epochs" not in spec.space and spec.pruner.max_epochs is None
+    if spec.pruner.name in RUNG_PRUNERS and fixed:
+        epochs = spec.set.get("train.epochs", params_raw.get("train", {}).get("epochs"))
+        pruner = spec.pruner.model_copy(update={"max_epochs": epochs})
+        spec = spec.model_copy(update={"pruner": pruner})
     return spec
 
 

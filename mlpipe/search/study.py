@@ -122,16 +122,19 @@ def grid_size(spec: SweepSpec) -> int:
 
 
 def make_pruner(pruner: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """Optuna's pruner; epochs count from 1 and the first `warmup_epochs` are never pruned."""
     import optuna
 
+    first = pruner["warmup_epochs"] + 1  # the first epoch a trial may be stopped at
     if pruner["name"] == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=pruner["startup_trials"],
-            # Epochs count from 1: the first `warmup_epochs` of them are never pruned.
-            n_warmup_steps=pruner["warmup_epochs"] + 1,
+            n_startup_trials=pruner["startup_trials"], n_warmup_steps=first
         )
     if pruner["name"] == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, pruner["warmup_epochs"]))
+        whole = pruner.get("max_epochs") or "auto"  # "auto": from the first trial that ends
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=whole)
+    if pruner["name"] == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
     return optuna.pruners.NopPruner()
 
 

@@ -34,6 +34,12 @@ TRIAL_TAG = "mlpipe.sweep.trial"
 STUDY_TAG = "mlpipe.sweep.study"
 RUN_ATTR = "mlflow_run_id"
 PRUNED_ATTR = "pruned_at_epoch"
+DVC_NAME = "DVC_EXP_NAME"  # set by DVC for the stages of an experiment it reproduces
+
+
+def experiment_name(study: str, number: int) -> str:
+    """The DVC experiment of a study's trial (also its MLflow run's name)."""
+    return f"{study}-{number}"
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,18 @@ def current() -> TrialLink | None:
     if not text:
         return None
     try:
-        return TrialLink(**json.loads(text))
+        link = TrialLink(**json.loads(text))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{ENV}: not a sweep's trial ({exc}); unset it") from exc
+    expected, running = experiment_name(link.study, link.number), os.environ.get(DVC_NAME)
+    if running != expected:  # what a trial reports must be its own experiment's
+        shown = f"experiment {running!r}" if running else "no experiment of its own"
+        raise ConfigError(
+            f"{ENV} names trial {link.number} of study {link.study!r} (experiment {expected!r}) "
+            f"but DVC runs {shown} here; another `dvc exp run` took the trial's entry from "
+            "DVC's stash: run the sweep again, and no `dvc exp run` beside it"
+        )
+    return link
 
 
 @cache

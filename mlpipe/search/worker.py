@@ -19,8 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mlpipe.errors import PipelineError, first_line, one_line
 from mlpipe.search import study as studies
 from mlpipe.search.spec import SweepSpec, overrides
-from mlpipe.search.trial import ENV, PRUNED_ATTR, RUN_ATTR, TrialLink
+from mlpipe.search.trial import ENV, PRUNED_ATTR, RUN_ATTR, TrialLink, experiment_name
 
 if TYPE_CHECKING:
     import optuna
@@ -39,12 +38,8 @@ REASON_ATTR = "mlpipe.fail_reason"
 MAX_FAILURES_IN_A_ROW = 3  # a worker whose trials all fail stops rather than burn the study
 # DVC of this environment, whether or not its bin folder is on PATH.
 DVC = (sys.executable, "-m", "dvc")
+DVC_EXP = (sys.executable, "-m", "mlpipe.search.dvc_exp")
 STOP_GRACE_SECONDS = 60  # after Ctrl-C, for the stages to end their runs and DVC to clean up
-START_TIMEOUT_S = 120  # for DVC to take its stashed entry (it may first wait on its own lock)
-
-
-def experiment_name(study: str, number: int) -> str:
-    return f"{study}-{number}"
 
 
 def set_options(values: dict[str, Any]) -> list[str]:
@@ -157,38 +152,27 @@ class Workers:
         )
         log_file = self.workspace / studies.SWEEPS_DIR / self.spec.study / f"{number}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        command = [*DVC, "exp", "run", "--temp", "-n", name, *set_options(values)]
+        # DVC's command line, reproducing only the entry it queues (see mlpipe.search.dvc_exp).
+        command = [*DVC_EXP, "exp", "run", "--temp", "-n", name, *set_options(values)]
         # The stages' `python` is this environment's, as in a shell that activated it.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = {**os.environ, "PATH": path, ENV: link.to_environment()}
         with log_file.open("w", encoding="utf-8") as output:
-            output.write(" ".join(command) + "\n")
+            output.write(f"dvc {' '.join(command[len(DVC_EXP) :])}\n")
             output.flush()
             # Its own process group: a stop reaches DVC and the stage it runs, nothing else.
-            with _one_start_at_a_time(log_file.parent.parent):
-                child = subprocess.Popen(
-                    command,
-                    cwd=self.workspace,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                with self._lock:
-                    self._children[number] = child
-                started = _wait_until_reproducing(child, log_file)
+            child = subprocess.Popen(
+                command,
+                cwd=self.workspace,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            with self._lock:
+                self._children[number] = child
             try:
-                if started not in (None, name):  # DVC took another run's entry: never tell it
-                    _signal_group(child, signal.SIGINT)
-                    child.wait()
-                    output.seek(0, os.SEEK_END)  # after what DVC wrote through its own handle
-                    output.write(
-                        f"error: DVC reproduced experiment {started!r} for trial {number} (a "
-                        "`dvc exp run --temp` outside the sweep started at the same moment); "
-                        "this trial is failed, run the sweep again\n"
-                    )
-                    return 1, log_file
                 code = child.wait()
             finally:
                 with self._lock:
@@ -236,40 +220,6 @@ def describe(exc: BaseException) -> str:
 
         return describe_os_error(exc)
     return f"{type(exc).__name__}: {first_line(exc)}"
-
-
-@contextmanager
-def _one_start_at_a_time(folder: Path) -> Iterator[None]:
-    """Hold the workspace's start lock (threads and processes alike: flock on a file of its
-    own): `dvc exp run --temp` stashes its params, then takes the *first* stashed entry
-    (dvc/repo/experiments/queue/tempdir.py, `get`), so two starting at once can run each
-    other's params under each other's names; seen in CI as a trial whose DVC experiment held
-    another trial's MLflow run."""
-    import fcntl
-
-    with (folder / "dvc-exp-start.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _wait_until_reproducing(child: subprocess.Popen, log_file: Path) -> str | None:
-    """The experiment name DVC says it is reproducing (its entry then taken from the stash),
-    or None if it ended or said nothing within START_TIMEOUT_S."""
-    import re
-    import time
-
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        ended = child.poll() is not None  # before reading: what it wrote before ending counts
-        found = re.search(r"Reproducing experiment '([^']+)'", log_file.read_text("utf-8"))
-        if found:
-            return found.group(1)
-        if ended or time.monotonic() > deadline:
-            return None
-        time.sleep(0.1)
 
 
 def _signal_group(child: subprocess.Popen, sent: signal.Signals) -> None:
