@@ -33,7 +33,7 @@ from mlpipe.errors import ConfigError, TrackingError
 from mlpipe.paths import HERE
 from mlpipe.runner import execute
 from mlpipe.tracking.failures import tracking_failure
-from mlpipe.tracking.members import ensure_registered_model, grant, team_experiment, user_exists
+from mlpipe.tracking.members import ensure_registered_model, existing_user, grant, team_experiment
 from mlpipe.tracking.object_store import check_dvc_remote, check_s3_writable
 from mlpipe.tracking.reachability import check_reachable
 from mlpipe.tracking.server_access import refused_status
@@ -209,6 +209,18 @@ def check_database_uri(uri: str, option: str) -> None:
         )
 
 
+def check_allowed_hosts(allowed: str | None) -> None:
+    """Refuse a Host pattern that matches every host (`*`, `*:5000`): MLflow's Host check,
+    its guard against DNS rebinding, would be off while the option seems to name hosts."""
+    for pattern in (allowed or "").split(","):
+        if pattern.strip().split(":")[0] == "*":
+            raise ConfigError(
+                f"--allowed-hosts {pattern.strip()!r} accepts every Host header, which turns "
+                "off the server's check against DNS rebinding; name the hosts it is reached "
+                "by (e.g. mlflow.example.org,mlflow.example.org:5000)"
+            )
+
+
 def serve(args: argparse.Namespace) -> None:
     """Check the databases, the artifact store and the port, write the auth configuration,
     then run the server until it stops."""
@@ -220,6 +232,7 @@ def serve(args: argparse.Namespace) -> None:
             f"--host {args.host}: passwords would cross the network in clear; keep the server "
             "on 127.0.0.1 behind a TLS proxy, or name the hosts it serves with --allowed-hosts"
         )
+    check_allowed_hosts(args.allowed_hosts)
     auth_uri = args.auth_database_uri or sibling_database(args.backend_store_uri, "mlflow_auth")
     for uri, option in (
         (args.backend_store_uri, "--backend-store-uri"),
@@ -307,7 +320,14 @@ def add_member(args: argparse.Namespace) -> None:
     experiment = params.mlflow.experiment_name
     models = [registered_model_name(params.mlflow.registered_model_name, d) for d in DATASETS]
     try:
-        if not user_exists(auth, args.username):
+        user = existing_user(auth, args.username)
+        if user is not None and user.is_admin:
+            raise ConfigError(
+                f"user {args.username} is the server's admin: MLflow gives an admin every right "
+                f"whatever --permission says, so {args.permission} would not hold; "
+                "add-member is for the other members"
+            )
+        if user is None:
             auth.create_user(args.username, member_password(args))
         elif args.password_file is not None:
             auth.update_user_password(args.username, member_password(args))

@@ -5,7 +5,10 @@
 A fresh clone has no data, models or reports: outputs that are missing, and stage inputs that
 an earlier stage produces, are fine. What is not fine is a stage whose code, params or command
 differ from what dvc.lock recorded: its committed results (and `dvc exp show`'s baseline) would
-not be what this code produces. Exit 1 with one line per such difference; 0 otherwise.
+not be what this code produces. The pinned libraries are in it too: requirements.lock is a
+dep of every stage whose outputs they compute. A frozen stage is never checked by DVC, so it
+is refused here (a lock that cannot be checked is not known to be true). Exit 1 with one line
+per such difference; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MISSING = ("deleted", "not in cache")
@@ -56,7 +57,23 @@ def _not_here_yet(kind: str, path: str, state: str, produced: set[str]) -> bool:
     return kind == "changed outs" or (kind == "changed deps" and path in produced)
 
 
+def frozen_stages(pipeline: dict) -> list[str]:
+    """Stages marked `frozen: true`: `dvc status` skips them."""
+    return [name for name, stage in pipeline.get("stages", {}).items() if stage.get("frozen")]
+
+
 def main() -> int:
+    import importlib.util
+
+    if not all(importlib.util.find_spec(name) for name in ("yaml", "dvc")):
+        print(
+            f"error: {sys.executable} is not the project's environment (no PyYAML, no DVC): "
+            "run `make check-lock`, or .venv/bin/python scripts/check_lock.py after `make setup`",
+            file=sys.stderr,
+        )
+        return 1
+    import yaml
+
     result = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "--json"],
         cwd=ROOT,
@@ -76,8 +93,16 @@ def main() -> int:
             "error: run the pipeline (make pipeline) and commit dvc.lock with the change",
             file=sys.stderr,
         )
+    frozen = frozen_stages(pipeline)
+    for name in frozen:
+        print(
+            f"error: dvc.lock cannot be checked for stage {name}: it is frozen, and DVC checks "
+            f"nothing of a frozen stage; `dvc unfreeze {name}`, then run this again",
+            file=sys.stderr,
+        )
+    if found or frozen:
         return 1
-    print("dvc.lock matches the code, params and commands of every stage")
+    print("dvc.lock matches the code, params, pinned libraries and commands of every stage")
     return 0
 
 

@@ -73,3 +73,35 @@ def test_this_checkout_then_an_edited_stage(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "error: dvc.lock is stale: plot: deps mlpipe/report/figures.py modified" in result.stderr
     assert "commit dvc.lock" in result.stderr
+
+
+def test_pinned_libraries_and_frozen_stages_are_checked(tmp_path: Path) -> None:
+    """A changed pin in requirements.lock makes the stages it computes stale; a frozen stage,
+    which `dvc status` skips, is refused as not checked rather than passed."""
+    repo = project_copy(tmp_path / "clone")
+    lock = repo / "requirements.lock"
+    lock.write_text(lock.read_text().replace("keras==", "keras===", 1))
+    result = check(repo)
+    assert result.returncode == 1
+    for stage in ("preprocess", "train", "evaluate", "plot"):
+        assert f"dvc.lock is stale: {stage}: deps requirements.lock modified" in result.stderr
+    assert "download:" not in result.stderr  # its outputs are checked by their checksums
+
+    lock.write_text(lock.read_text().replace("keras===", "keras==", 1))
+    assert dvc(repo, "freeze", "train").returncode == 0
+    result = check(repo)
+    assert result.returncode == 1
+    assert "dvc.lock cannot be checked for stage train: it is frozen" in result.stderr
+    assert "`dvc unfreeze train`" in result.stderr and "stale" not in result.stderr
+
+
+def test_outside_the_projects_environment_is_one_line() -> None:
+    from tests.conftest import REPO
+
+    # -S: no site-packages, as a system Python without PyYAML or DVC.
+    result = subprocess.run(
+        [sys.executable, "-S", "scripts/check_lock.py"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "not the project's environment" in result.stderr and "make check-lock" in result.stderr

@@ -210,3 +210,25 @@ def test_unresolvable_host_is_not_retried_and_points_to_the_readme(
     assert 'offline? set DATA_MIRROR to a folder or URL holding mnist.npz (README: "Offline' in line
     assert "retry" not in result.stderr  # a host that does not resolve is not tried again
     assert files_under(workspace / "data") == []
+
+
+def test_a_rejected_mirror_file_is_named_as_the_user_gave_it(
+    origin: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy is checked in a temp file beside the target; the line names the mirror's file
+    or URL (credentials masked), never that temp file, which is gone by then."""
+    spec = served(write_mnist(tmp_path / "canonical"), "http://127.0.0.1:9/")
+    mirror = tmp_path / "mirror"
+    for folder in (mirror, origin.folder):
+        folder.mkdir(exist_ok=True)
+        (folder / "mnist.npz").write_bytes(b"PK\x03\x04junk")
+    dest = tmp_path / "raw"
+    given = origin.url.replace("http://", "http://reader:s3cret@")
+    for location, named in ((str(mirror), f"{mirror}/mnist.npz"), (given, "http://***@")):
+        monkeypatch.setenv("DATA_MIRROR", location)
+        with pytest.raises(DownloadError) as caught:
+            fetch_all(spec, dest)
+        message = str(caught.value)
+        assert named in message and "sha256 differs and the content cannot be read" in message
+        assert str(dest) not in message and "s3cret" not in message
+        assert files_under(dest) == []

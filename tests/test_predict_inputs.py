@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 import weakref
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,55 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path: Path, suffix: str) -> No
     image = saved(tmp_path, f"deep.{suffix}", pixels.astype(np.uint16) * 257)
     assert image.mode == "I;16"
     assert np.array_equal(to_mnist(image), to_mnist(Image.fromarray(pixels)))
+
+
+def deep_png(path: Path, pixels: np.ndarray, bits: int, sbit: bool) -> Path:
+    """`pixels` (8-bit) as `bits`-bit values in a 16-bit PNG, with PNG's sBIT chunk saying so
+    when `sbit` (Pillow writes none: it goes in right after IHDR, as the PNG spec places it)."""
+    deep = np.rint(pixels.astype(np.float64) * ((1 << bits) - 1) / 255).astype(np.uint16)
+    Image.fromarray(deep).save(path)
+    if sbit:
+        data = path.read_bytes()
+        after_ihdr = 8 + 8 + 13 + 4  # signature; IHDR's length and type, its 13 bytes, its CRC
+        chunk = struct.pack(">4sB", b"sBIT", bits)
+        chunk = struct.pack(">I", 1) + chunk + struct.pack(">I", zlib.crc32(chunk))
+        path.write_bytes(data[:after_ihdr] + chunk + data[after_ihdr:])
+    return path
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_deep_pngs_are_read_by_their_significant_bits(tmp_path: Path, bits: int) -> None:
+    pixels = digit()
+    image = open_image(deep_png(tmp_path / "deep.png", pixels, bits, sbit=True))
+    assert image.mode == "I;16"
+    assert np.array_equal(to_mnist(image), to_mnist(Image.fromarray(pixels)))
+
+
+def test_a_tiff_is_read_by_its_max_sample_value(tmp_path: Path) -> None:
+    pixels = digit()
+    deep = np.rint(pixels.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.tif", tiffinfo={281: 4095})  # MaxSampleValue
+    image = open_image(tmp_path / "deep.tif")
+    assert np.array_equal(to_mnist(image), to_mnist(Image.fromarray(pixels)))
+
+
+@pytest.mark.parametrize("bits", [10, 12])
+def test_a_deep_image_that_hides_its_depth_is_named_not_blank(
+    tmp_path: Path,
+    models: dict[str, Path],
+    offline: None,
+    capsys: pytest.CaptureFixture[str],
+    bits: int,
+) -> None:
+    """Without sBIT a 12-bit digit in 16 bits is all but black read as 16 bits: refused with
+    the bits its values use, never called blank."""
+    path = deep_png(tmp_path / "deep.png", digit(paper=255), bits, sbit=False)
+    code = predict.main([str(path), "--model", str(models["good"])])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert f"{path}: a 16-bit image whose values reach only {(1 << bits) - 1} ({bits} bits)" in line
+    assert "does not say its bit depth (no PNG sBIT" in line and "blank" not in line
+    # Full 16-bit contrast needs no declaration (test_16_bit_images_are_scaled_not_clipped).
 
 
 @pytest.mark.parametrize(
@@ -433,3 +485,66 @@ def test_model_path_that_is_not_a_file(tmp_path: Path, kind: str, message: str) 
     path.mkdir() if kind == "directory" else os.mkfifo(path)
     error = _within(5, lambda: load_keras_model(path))
     assert isinstance(error, ModelError) and str(error).startswith(f"{path}: {message}"), error
+
+
+# Model URIs whose copy cannot be made: refused before copying, or named when the copy fails.
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_model_uri_that_is_not_a_file_is_refused_before_copying(
+    tmp_path: Path, digits: Path, offline: None, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A copy of /dev/zero would fill the temp disk and a FIFO would block it forever."""
+    if kind == "device":
+        target, named = Path("/dev/zero"), "is a device"
+    else:
+        target, named = tmp_path / "pipe", "is a named pipe (FIFO)"
+        os.mkfifo(target)
+    argv = [str(digits / "seven.png"), "--model", f"file://{target}"]
+    code = _within(10, lambda: predict.main(argv))
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert f"model file://{target}: {target} {named}, not a model file or folder" in line
+
+
+@pytest.fixture
+def small_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 1 MiB temp folder for real: a tmpfs mount (root may mount), as TMPDIR would set it."""
+    folder = tmp_path / "small-tmp"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))  # what TMPDIR gives a new process
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.reliability
+def test_a_model_copy_without_room_in_the_temp_folder_is_named(
+    tmp_path: Path,
+    digits: Path,
+    offline: None,
+    capsys: pytest.CaptureFixture[str],
+    small_tmp: Path,
+) -> None:
+    """Larger than the room left: refused before copying. Many small files whose sizes fit
+    but whose copy does not (tmpfs gives each file a 4 KiB page): the copy fails, and the line
+    says so, not "not found". Either way the temp folder is left empty."""
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "weights.bin").write_bytes(b"\0" * (2 << 20))
+    many = tmp_path / "many"
+    many.mkdir()
+    for number in range(400):
+        (many / f"{number}.bin").write_bytes(b"x")
+    for folder, said in (
+        (big, f"a copy needs 2.0 MiB and {small_tmp} has 1.0 MiB free; set TMPDIR"),
+        (many, f"no space left in {small_tmp} for a copy of it; set TMPDIR"),
+    ):
+        code = predict.main([str(digits / "seven.png"), "--model", f"file://{folder}"])
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and f"model file://{folder}: {said}" in line, line
+        assert list(small_tmp.iterdir()) == []

@@ -271,6 +271,17 @@ def test_member_without_model_permission_cannot_promote(
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion
 
 
+def test_add_member_refuses_the_admin(server: TeamServer, tmp_path: Path) -> None:
+    """MLflow's admin keeps every right whatever permission is granted: `add-member admin
+    --permission READ` would report a limit that does not hold, so it is refused, and the
+    admin's password stays as it was."""
+    added = add_member(server, tmp_path, "admin", "another-Secret-pw-9", "READ")
+    assert added.returncode == 2
+    [line] = error_lines(added.stderr)
+    assert "user admin is the server's admin" in line and "READ would not hold" in line
+    assert admin_client(server).search_experiments()  # its own password still logs in
+
+
 # The daily commands of the README's "Team set-up", between two clones of one Git repository.
 
 

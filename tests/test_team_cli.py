@@ -44,6 +44,12 @@ def test_serve_keeps_passwords_off_the_network_and_the_process_list(
     code, err = run(capsys, "serve", "--host", "0.0.0.0", *state)
     assert code == 2
     assert "--host 0.0.0.0: passwords would cross the network in clear" in err
+    for wildcard in ("*", "mlflow.example.org,*:5000"):  # every Host header, on any interface
+        for host in ("0.0.0.0", "127.0.0.1"):
+            code, err = run(capsys, "serve", "--host", host, "--allowed-hosts", wildcard, *state)
+            assert code == 2
+            [line] = error_lines(err)
+            assert "accepts every Host header" in line and "check against DNS rebinding" in line
     for uri in (
         "postgresql://mlflow:db-s3cret@127.0.0.1:9/mlflow",
         "postgresql://mlflow@127.0.0.1:9/mlflow?password=db-s3cret",

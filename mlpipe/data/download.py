@@ -36,34 +36,39 @@ def looks_like_html(path: Path) -> bool:
     return head.startswith(b"<") and (b"<html" in head or b"<!doctype html" in head)
 
 
-def verify(spec: DatasetSpec, remote: RemoteFile, path: Path, *, canonical: bool) -> str:
+def verify(
+    spec: DatasetSpec, remote: RemoteFile, path: Path, *, canonical: bool, shown: str = ""
+) -> str:
     """Accept `path` as `remote` or raise DataError saying what was expected and found.
 
     Returns how it was accepted. A canonical download must match the pinned SHA-256. A copy
     from a mirror or cache may be a re-packing: it is accepted when its decoded arrays match
-    the canonical content, where the dataset publishes content digests.
+    the canonical content, where the dataset publishes content digests. Errors name `shown`
+    (the source the user gave, for a copy in a temp file), else `path`.
     """
+    shown = shown or str(path)
     digest = sha256_file(path)
     if digest == remote.sha256:
         return "sha256 matches"
     size = path.stat().st_size
     if looks_like_html(path):
-        raise DataError(f"{remote.name}: an HTML page ({size} bytes), not the dataset")
+        raise DataError(f"{shown}: an HTML page ({size} bytes), not the dataset")
     if canonical or not spec.content_md5:
         raise DataError(
-            f"{remote.name}: sha256 mismatch: expected {remote.sha256}, found {digest} "
+            f"{shown}: sha256 mismatch: expected {remote.sha256}, found {digest} "
             f"({size} bytes); truncated, corrupt or not the published file"
         )
     try:
         found = content_md5(read_mnist_npz(path, spec.image_shape, remote.cap))
     except DataError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")  # the readers name the file they read
         raise DataError(
-            f"{remote.name}: sha256 differs and the content cannot be read: {exc}"
+            f"{shown}: sha256 differs and the content cannot be read: {reason}"
         ) from exc
     wrong = sorted(name for name, md5 in spec.content_md5.items() if found.get(name) != md5)
     if wrong:
         raise DataError(
-            f"{remote.name}: neither bytes nor content match the canonical {spec.name}: "
+            f"{shown}: neither bytes nor content match the canonical {spec.name}: "
             f"arrays {', '.join(wrong)} differ (expected IDX MD5 "
             f"{', '.join(spec.content_md5[name] for name in wrong)})"
         )
@@ -131,7 +136,8 @@ def _first_verified(
         try:
             with atomic_path(final) as temp:
                 _copy_or_download(source, temp, remote, http)
-                how = verify(spec, remote, temp, canonical=source.canonical)
+                shown = redact(source.location)  # what the user gave, not the temp file
+                how = verify(spec, remote, temp, canonical=source.canonical, shown=shown)
         except NotThere as exc:
             # A folder's label names it already; an address says what it answered (404).
             problems.append(f"{source.label}: {redact(str(exc)) if source.is_url else 'no copy'}")

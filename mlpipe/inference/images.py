@@ -8,7 +8,10 @@ image resized to their size.
 Deeper images are scaled to 8 bits over their range, never clipped at 255 (which would turn
 a 16-bit digit into a blank page):
 
-- 16-bit (PNG and TIFF, mode I;16): divided by 257, so 65535 becomes 255.
+- 16-bit (PNG and TIFF, mode I;16): scaled from the largest value the file says its samples
+  take (PNG's `sBIT` chunk: 12 significant bits make 4095 white; TIFF's `MaxSampleValue`), else
+  from 65535. A file that says nothing and whose values use so few of the 16 bits that it would
+  read as black is refused naming the bits its values use, never called blank.
 - 32-bit integers (TIFF, mode I, read as unsigned since Pillow loads unsigned TIFFs into it):
   divided by 257 when every value fits in 16 bits, else scaled from 0..2**32-1.
 - 32-bit floats (TIFF, mode F): values within [0, 1] are multiplied by 255; any other range
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -41,6 +45,10 @@ DIGIT_BOX = 20
 # MNIST digits have their centre of mass at pixel (14, 14), counting from 0.
 MASS_CENTRE = 14.0
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Where open_image keeps the largest sample value the file declares (PNG sBIT, TIFF tags).
+DECLARED_MAX = "mlpipe.declared_max"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIFF_MAX_SAMPLE_VALUE = 281
 # Pillow's errors for a file that stops early or holds garbage where pixels should be.
 DECODE_ERRORS = (OSError, EOFError, SyntaxError, ValueError)
 
@@ -131,7 +139,36 @@ def open_image(path: Path) -> Image.Image:
             image.load()
         except DECODE_ERRORS as exc:
             raise ImageInputError(f"{path}: truncated or corrupt image ({exc})") from exc
-    return ImageOps.exif_transpose(image)
+        declared = _declared_max(image, handle)
+    image = ImageOps.exif_transpose(image)
+    if declared:
+        image.info[DECLARED_MAX] = declared
+    return image
+
+
+def _declared_max(image: Image.Image, handle: BinaryIO) -> int | None:
+    """The largest sample value a 16-bit file says it holds: PNG's sBIT significant bits
+    (Pillow reads no sBIT), TIFF's MaxSampleValue; None when it says nothing."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return None
+    if image.format == "TIFF":
+        value = image.tag_v2.get(TIFF_MAX_SAMPLE_VALUE)
+        value = value[0] if isinstance(value, tuple) else value
+        return int(value) if value else None
+    if image.format != "PNG":
+        return None
+    handle.seek(len(PNG_SIGNATURE))
+    while True:  # the chunks before the pixels, 8 bytes of header each
+        header = handle.read(8)
+        if len(header) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", header)
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"sBIT":
+            bits = handle.read(1)  # a grey image's one value
+            return (1 << bits[0]) - 1 if bits and 0 < bits[0] <= 16 else None
+        handle.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
 
 
 def _float_to_eight_bit(values: np.ndarray) -> np.ndarray:
@@ -154,7 +191,8 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     Pillow's own convert("L") clips such images at 255, which makes a 16-bit digit blank.
     """
     if image.mode in SIXTEEN_BIT_MODES:
-        scaled = np.asarray(image).astype(np.float64) / 257
+        values = np.asarray(image).astype(np.float64)
+        scaled = values * (255 / _sixteen_bit_white(values, image.info.get(DECLARED_MAX)))
     elif image.mode == "I":
         values = np.ascontiguousarray(np.asarray(image), dtype=np.int32).view(np.uint32)
         fits_16_bits = values.max(initial=0) <= 0xFFFF
@@ -164,6 +202,23 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     else:
         return image
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def _sixteen_bit_white(values: np.ndarray, declared: int | None) -> float:
+    """The value that is white: the file's declared maximum, else 16 bits' 65535; refused when
+    the file says nothing and its values would all read as near black (12-bit data stored in
+    16 bits, say) though they have contrast."""
+    top = values.max(initial=0)
+    if declared and top <= declared:
+        return float(declared)
+    if top * 255 / 0xFFFF < INK_THRESHOLD and top > values.min(initial=0):
+        bits = int(top).bit_length()
+        raise ImageInputError(
+            f"a 16-bit image whose values reach only {int(top)} ({bits} bits), and the file "
+            f"does not say its bit depth (no PNG sBIT, no TIFF MaxSampleValue): read as 16 "
+            f"bits it is all but black; save it with its significant bits, or as 8-bit"
+        )
+    return float(0xFFFF)
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:

@@ -9,11 +9,16 @@ in Keras safe mode otherwise.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
+import stat
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from mlpipe.config import load_params, registered_model_name
 from mlpipe.errors import ModelError, TrackingError, first_line
@@ -45,12 +50,10 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
             raise ModelError(f"{source}: is a directory; give a .keras file or an MLflow model URI")
         return load_for_inference(Path(source)), source
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from mlpipe.tracking.reachability import check_reachable
-    from mlpipe.tracking.server_access import refusal
     from mlpipe.tracking.snapshot import Snapshot, reading
-    from mlpipe.tracking.store import store_label, tracking_uri, using_store
+    from mlpipe.tracking.store import tracking_uri, using_store
 
     uri = tracking_uri(layout.workspace)
     in_store = source.startswith(("models:", "runs:"))
@@ -64,26 +67,24 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
             store = stack.enter_context(reading(uri)) if in_store else Snapshot(uri)
         except TrackingError as exc:
             raise ModelError(f"model {source}: {exc}") from exc
-        scratch = stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="mlpipe-model-", dir=scratch_root())
-        )
+        root = scratch_root()
+        local = _local_path(source)
+        if local is not None:  # before copying anything: what it is, and whether it fits
+            _check_copyable(local, source, root)
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlpipe-model-", dir=root))
         stack.enter_context(using_store(store.uri))
         try:
             fetched, label = _pinned(source)
             folder = Path(
                 mlflow.artifacts.download_artifacts(artifact_uri=fetched, dst_path=scratch)
             )
-        except MlflowException as exc:
-            refused = refusal(exc, uri)
-            if refused:
-                raise ModelError(f"model {source}: {refused}") from exc
-            raise ModelError(
-                f"model {source} not found in {store_label(uri)} ({first_line(exc)})"
-            ) from exc
-        except Exception as exc:  # Artifact stores raise many types (no driver, bad address).
-            raise ModelError(
-                f"model {source}: its files cannot be fetched ({first_line(exc)})"
-            ) from exc
+        except Exception as exc:
+            if _no_space(exc):
+                raise ModelError(
+                    f"model {source}: no space left in {root} for a copy of it; set TMPDIR to "
+                    "a folder with room"
+                ) from exc
+            raise _fetch_error(source, uri, exc) from exc
         # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
         for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
             if path.is_file():
@@ -92,6 +93,87 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
             f"model {source} holds no Keras model (no artifacts/model.keras); were its files "
             "under mlartifacts/ deleted or moved?"
         )
+
+
+def _fetch_error(source: str, uri: str, exc: Exception) -> ModelError:
+    from mlflow.exceptions import MlflowException
+
+    from mlpipe.tracking.server_access import refusal
+    from mlpipe.tracking.store import store_label
+
+    if isinstance(exc, MlflowException):
+        refused = refusal(exc, uri)
+        if refused:
+            return ModelError(f"model {source}: {refused}")
+        return ModelError(f"model {source} not found in {store_label(uri)} ({first_line(exc)})")
+    # Artifact stores raise many types (no driver, bad address).
+    return ModelError(f"model {source}: its files cannot be fetched ({first_line(exc)})")
+
+
+def _local_path(source: str) -> Path | None:
+    """The local file or folder a `file:` URI names; None for any other source."""
+    parsed = urlparse(source)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        return None
+    return Path(unquote(parsed.path))
+
+
+def _check_copyable(path: Path, source: str, root: Path) -> None:
+    """Refuse, in one line, what is not a regular file or a folder of them (a device, a FIFO:
+    a copy of /dev/zero would fill the disk), and a copy larger than the temp folder's room."""
+    try:
+        found = path.stat()
+    except FileNotFoundError as exc:
+        raise ModelError(f"model {source}: {path} does not exist") from exc
+    except OSError as exc:
+        raise ModelError(f"model {source}: {path} cannot be read ({exc.strerror})") from exc
+    size = found.st_size
+    if stat.S_ISDIR(found.st_mode):
+        size = 0
+        for folder, _, names in os.walk(path):
+            for name in names:
+                inside = Path(folder) / name  # a link is copied as what it points to
+                try:
+                    size += _regular_size(inside, source, inside.stat())
+                except FileNotFoundError as exc:
+                    raise ModelError(f"model {source}: {inside} is a broken link") from exc
+    else:
+        size = _regular_size(path, source, found)
+    free = shutil.disk_usage(root).free
+    if size > free:
+        raise ModelError(
+            f"model {source}: a copy needs {size / 2**20:,.1f} MiB and {root} has "
+            f"{free / 2**20:,.1f} MiB free; set TMPDIR to a folder with room"
+        )
+
+
+def _regular_size(path: Path, source: str, found: os.stat_result) -> int:
+    if stat.S_ISREG(found.st_mode):
+        return found.st_size
+    kinds = {
+        stat.S_ISCHR: "a device",
+        stat.S_ISBLK: "a device",
+        stat.S_ISFIFO: "a named pipe (FIFO)",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for test, name in kinds.items() if test(found.st_mode)), "a special file")
+    raise ModelError(
+        f"model {source}: {path} is {kind}, not a model file or folder; give a .keras file or "
+        "an MLflow model folder"
+    )
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether a full disk is behind `exc`. MLflow gathers the errors of a folder's copies
+    into one MlflowException whose message lists each (`[Errno 28] No space left ...`)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if f"[Errno {errno.ENOSPC}] " in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _pinned(source: str) -> tuple[str, str]:

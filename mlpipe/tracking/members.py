@@ -10,19 +10,19 @@ from mlpipe.tracking.run_lifecycle import EXPERIMENT_TAGS
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.server.auth.entities import User
 
 
-def user_exists(auth: AuthServiceClient, username: str) -> bool:
-    """Whether the server has a user of this name."""
+def existing_user(auth: AuthServiceClient, username: str) -> User | None:
+    """The server's user of this name, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        auth.get_user(username)
+        return auth.get_user(username)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        return False
-    return True
+        return None
 
 
 def grant(
