@@ -42,9 +42,12 @@ BIN = str(Path(sys.executable).parent)
 PRUNERS = {
     "unpruned": {"name": "none"},
     "median": {"name": "median", "warmup_epochs": 2, "startup_trials": 3},
-    "hyperband": {"name": "hyperband", "warmup_epochs": 0},
     "successive_halving": {"name": "successive_halving", "warmup_epochs": 0},
+    "hyperband": {"name": "hyperband", "warmup_epochs": 0},
 }
+
+
+SPEED_DRIFT = 0.15  # a study trained this much slower or faster does not compare
 
 
 def command(workspace: Path, *args: str) -> float:
@@ -58,6 +61,19 @@ def command(workspace: Path, *args: str) -> float:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return time.monotonic() - started
+
+
+def seconds_per_epoch(workspace: Path, study: str) -> float:
+    """The machine's training speed during a study, from its trials' own lines (`trained N
+    epochs in X s`): the studies compare only where it stayed the same."""
+    import re
+
+    found = [
+        (int(epochs), float(seconds))
+        for log in (workspace / ".sweeps" / study).glob("*.log")
+        for epochs, seconds in re.findall(r"trained (\d+) epochs in ([\d.]+) s", log.read_text())
+    ]
+    return sum(s for _, s in found) / sum(e for e, _ in found)
 
 
 def write_sweep(workspace: Path, **sweep: object) -> None:
@@ -121,7 +137,8 @@ def main() -> None:
         seconds = command(copies[name], "-m", "mlpipe.sweep", "run")
         study = shown(copies[name])
         states = [t["state"] for t in study["trials"]]
-        results[name] = (seconds, study["best"]["value"], states.count("PRUNED"))
+        speed = seconds_per_epoch(copies[name], name)
+        results[name] = (seconds, study["best"]["value"], states.count("PRUNED"), speed)
 
     rows = (
         []
@@ -132,16 +149,21 @@ def main() -> None:
             ("sweep overhead per trial", round(100 * (swept / plain - 1), 1), "%", "< 10"),
         ]
     )
-    unpruned_s, unpruned_best, _ = results["unpruned"]
+    unpruned_s, unpruned_best, _, unpruned_speed = results["unpruned"]
     rows += [
         ("12 trials unpruned: wall time", round(unpruned_s, 1), "s", ""),
         ("12 trials unpruned: best val_accuracy", unpruned_best, "", ""),
+        ("12 trials unpruned: training speed", round(unpruned_speed, 3), "s per epoch", ""),
     ]
+    drifted = []
     for name in [name for name in PRUNERS if name != "unpruned"]:
-        seconds, best, count = results[name]
+        seconds, best, count, speed = results[name]
         share, below = 100 * seconds / unpruned_s, 100 * (1 - best / unpruned_best)
+        if abs(speed / unpruned_speed - 1) > SPEED_DRIFT:
+            drifted.append(name)
         rows += [
             (f"12 trials {name}: wall time", round(seconds, 1), "s", ""),
+            (f"12 trials {name}: training speed", round(speed, 3), "s per epoch", ""),
             (f"12 trials {name}: best val_accuracy", best, "", ""),
             (f"12 trials {name}: trials pruned", count, "", ""),
             (f"{name}: time, share of unpruned", round(share, 1), "%", "<= 60"),
@@ -159,6 +181,11 @@ def main() -> None:
     print(f"machine: {machine}; train_fraction {args.fraction}, {args.epochs} epochs")
     for measure, value, unit, target in rows:
         print(f"{measure}: {value} {unit}" + (f" (target {target})" if target else ""))
+    if drifted:
+        raise SystemExit(
+            f"the machine's training speed changed by more than {SPEED_DRIFT:.0%} between the "
+            f"unpruned study and {', '.join(drifted)}: those shares do not compare; run again"
+        )
 
 
 if __name__ == "__main__":
