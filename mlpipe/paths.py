@@ -6,14 +6,23 @@ stage starts) is the default; tests hand a stage the `Layout` of a temporary fol
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipe.errors import PipelineError
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
+# A command's temp folders: mlpipe-<kind>-<host>-<pid>-<random>, so that the next command on
+# this host removes those of a process killed before it could (kill -9 runs no cleanup); the
+# host, because a temp folder shared between machines or containers shares no process ids.
+SCRATCH = re.compile(r"mlpipe-([a-z]+)-([a-z0-9]+)-(\d+)-\w+")
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,53 @@ def scratch_root() -> Path:
             "folder; set TMPDIR to a folder with room"
         )
     return root
+
+
+def scratch_dir(kind: str) -> tempfile.TemporaryDirectory[str]:
+    """A temp folder for one command's copies (a model, a store, figures), in `scratch_root`,
+    named with this process's id; first, those of killed processes are removed."""
+    root = scratch_root()
+    removed = remove_orphaned_scratch()
+    if removed:
+        log.info("removed %d temp folders of killed runs from %s", len(removed), root)
+    prefix = f"mlpipe-{kind}-{_host()}-{os.getpid()}-"
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=root)
+
+
+def remove_orphaned_scratch() -> list[Path]:
+    """Remove this user's temp folders whose process is gone; the ones removed."""
+    removed = []
+    for path in scratch_root().glob(f"mlpipe-*-{_host()}-*"):
+        found = SCRATCH.fullmatch(path.name)
+        if not found or found.group(2) != _host():
+            continue
+        pid = int(found.group(3))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            if not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^a-z0-9]", "", socket.gethostname().lower())[:16] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 HERE = Layout(Path.cwd().resolve())

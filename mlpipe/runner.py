@@ -17,6 +17,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -137,10 +138,10 @@ def execute(name: str, main: Callable[[], None]) -> int:
     except PipelineError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        log.error("interrupted; no output was left half-written")
+        log.error("interrupted; no output was left half-written%s", _dvc_removed_outputs())
         return EXIT_INTERRUPTED
     except Terminated:
-        log.error("terminated; no output was left half-written")
+        log.error("terminated; no output was left half-written%s", _dvc_removed_outputs())
         return EXIT_TERMINATED
     except MemoryError:
         return _fail(
@@ -169,8 +170,41 @@ def _fail(message: str, code: int) -> int:
             "; `dvc exp run -S` left these values in params.yaml: `git diff params.yaml` "
             "shows them, `git checkout params.yaml` restores the committed file"
         )
-    print(f"error: {one_line(message)}", file=sys.stderr)
+    print(f"error: {one_line(message + _dvc_removed_outputs())}", file=sys.stderr)
     return code
+
+
+def _dvc_removed_outputs() -> str:
+    """Under `dvc repro` (or `dvc exp run` in the workspace), what a failure left: DVC removes
+    a stage's outputs before it runs the command, and its cache holds the last ones."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or os.path.join(".dvc", "tmp", "exps") in os.getcwd():  # a temp copy's
+        return ""
+    said = (
+        f"; DVC removed {stage}'s outputs before running it: `dvc checkout {stage}` brings back "
+        "the last ones from its cache"
+    )
+    in_git = _uncached_outputs(stage)
+    return said + (f", `git checkout {' '.join(in_git)}` the ones kept in Git" if in_git else "")
+
+
+def _uncached_outputs(stage: str) -> list[str]:
+    """The stage's outputs that dvc.yaml keeps in Git (`cache: false`): not in DVC's cache."""
+    import yaml
+
+    try:
+        text = Path(os.environ.get("DVC_ROOT", "."), "dvc.yaml").read_text(encoding="utf-8")
+        declared = yaml.safe_load(text)["stages"][stage]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    entries = [entry for kind in ("outs", "metrics", "plots") for entry in declared.get(kind, [])]
+    return [
+        path
+        for entry in entries
+        if isinstance(entry, dict)
+        for path, options in entry.items()
+        if isinstance(options, dict) and options.get("cache") is False
+    ]
 
 
 def _experiment_in_workspace() -> bool:

@@ -23,6 +23,7 @@ from mlpipe.atomic import atomic_paths, json_text
 from mlpipe.config import Params, load_params
 from mlpipe.data.specs import SPECS
 from mlpipe.data.splits import dataset_input, load_split
+from mlpipe.errors import ModelError
 from mlpipe.paths import HERE, Layout
 from mlpipe.report.evaluation import evaluate, predicted, summary_line, validation_metrics
 from mlpipe.runner import run_stage
@@ -41,6 +42,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     # The model's layers run in NumPy (mlpipe.model.numpy_forward): TensorFlow is imported only
     # for a model built of others, once the cheap checks have passed.
     from mlpipe.model.loading import check_input_shape, check_output_count, load_for_inference
+    from mlpipe.tracking import model_identity
     from mlpipe.tracking.promotion import Score, promote
     from mlpipe.tracking.run_lifecycle import attached_run, connect
 
@@ -55,13 +57,19 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     log.info(summary_line(metrics))
 
     client, _ = connect(record.experiment_name, layout.workspace)
+    name, version = record.registered_model_name, record.registered_model_version
+    changed = model_identity.mismatch(client, name, version, source)  # before any tag is set
+    if changed:
+        raise ModelError(
+            f"{source}: not the model registered as {name} version {version} ({changed}): it "
+            "changed after train ran; `dvc checkout train` brings back the trained one"
+        )
     outputs = (
         layout.metrics_file,
         layout.per_class_file,
         layout.confusion_file,
         layout.predictions_file,
     )
-    name, version = record.registered_model_name, record.registered_model_version
     with attached_run(client, record.run_id) as tracker, atomic_paths(*outputs) as temps:
         metrics_temp, per_class_temp, confusion_temp, predictions_temp = temps
         # The run id and version make `dvc exp show` lead to the MLflow run, and back.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from mlpipe.atomic import atomic_paths
 from mlpipe.config import Params, load_params
 from mlpipe.data.specs import SPECS
 from mlpipe.data.splits import load_split
-from mlpipe.paths import HERE, Layout
+from mlpipe.paths import HERE, Layout, scratch_dir
 from mlpipe.report.tables import read_reports
 from mlpipe.runner import run_stage
 from mlpipe.tracking.mlflow_process import alongside
@@ -52,7 +51,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
         finals = [layout.figures_dir / name for name in built]
         with (
             atomic_paths(*finals) as temps,
-            tempfile.TemporaryDirectory(prefix="mlpipe-figures-") as scratch,
+            scratch_dir("figures") as scratch,
         ):
             for (name, figure), temp in zip(built.items(), temps, strict=True):
                 figures.save_png(figure, temp)

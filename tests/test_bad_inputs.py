@@ -79,6 +79,15 @@ def foreign_sqlite(path: Path) -> None:
         connection.commit()
 
 
+def foreign_zip(path: Path) -> None:
+    """A zip archive of another program's, at one of the pipeline's paths."""
+    import zipfile
+
+    path.unlink(missing_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not the pipeline's")
+
+
 def chain(*damages: Callable[[Path], None]) -> Callable[[Path], None]:
     def damage(ws: Path) -> None:
         for one in damages:
@@ -347,6 +356,34 @@ CASES = [
         stage("evaluate"),
         "run.json: unreadable",
         write("models/run.json", "{not json"),
+    ),
+    # Another program's files where ours should be: named as not ours, and left as they are.
+    Case(
+        "run-info-someone-elses-json",
+        stage("evaluate"),
+        "run.json: a JSON object without any key of the pipeline's run record",
+        write("models/run.json", '{"name": "my notes", "tags": []}'),
+    ),
+    Case(
+        "model-someone-elses-zip",
+        stage("evaluate"),
+        "model.keras: not a Keras archive (no config.json inside)",
+        lambda ws: foreign_zip(ws / "models/model.keras"),
+    ),
+    Case(
+        "processed-someone-elses-zip",
+        stage("evaluate"),
+        "test.npz: a zip archive without the split's arrays x and y (it holds notes.txt)",
+        lambda ws: foreign_zip(ws / "data/processed/test.npz"),
+    ),
+    Case(
+        "predict-store-someone-elses-sqlite",
+        predict("digit.png"),
+        "mlflow.db: a SQLite database without MLflow's tables, not an MLflow store",
+        lambda ws: (
+            foreign_sqlite(ws / "mlflow.db"),
+            Image.new("L", (40, 40), 0).save(ws / "digit.png"),
+        ),
     ),
     # model files
     Case(

@@ -335,7 +335,9 @@ def test_html_page_is_named_as_such(
     # The canonical address answering with a page is named the same way.
     origin.faults["mnist.npz"] = ["html"]
     mirror.faults["mnist.npz"] = ["html"]
-    with pytest.raises(DownloadError, match=r"canonical address: mnist\.npz: an HTML page"):
+    with pytest.raises(
+        DownloadError, match=r"canonical address: http://\S+/mnist\.npz: an HTML page"
+    ):
         download_dataset(spec, tmp_path / "other")
 
 

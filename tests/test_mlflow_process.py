@@ -154,3 +154,29 @@ def test_an_answer_that_cannot_be_rebuilt_is_one_line() -> None:
         alongside(lambda: None, work) as ask,
     ):
         ask(None)
+
+
+def _stop_myself(prepared: object, payload: object) -> None:
+    os.kill(os.getpid(), signal.SIGSTOP)  # frozen, as `kill -STOP` leaves it
+
+
+def test_a_stopped_second_process_is_waited_on_with_a_deadline_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process frozen by SIGSTOP answers nothing: the stage says every WAIT_LINE_S that it
+    waits, and after ANSWER_TIMEOUT_S it kills the process and fails in one line."""
+    from mlpipe.tracking import mlflow_process
+
+    monkeypatch.setattr(mlflow_process, "ANSWER_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(mlflow_process, "WAIT_LINE_S", 0.5)
+    started = time.monotonic()
+    with (
+        caplog.at_level("INFO", logger="mlpipe.tracking.mlflow_process"),
+        pytest.raises(BackgroundError, match=r"gave no answer in 2 s \(stopped") as caught,
+        alongside(lambda: None, _stop_myself) as ask,
+    ):
+        ask("anything")
+    assert time.monotonic() - started < 10
+    assert "it was killed: run the stage again" in str(caught.value)
+    waiting = [r.getMessage() for r in caplog.records if "waiting for the MLflow" in r.getMessage()]
+    assert len(waiting) >= 2

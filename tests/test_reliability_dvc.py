@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import MIRROR, copy_of, dvc, files_under, needs_mirror, stage_env
+from tests.conftest import MIRROR, copy_of, dvc, files_under, needs_mirror, run_git, stage_env
 from tests.fakes import set_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability, needs_mirror]
@@ -154,3 +154,34 @@ def test_corrupt_data_is_named_and_repro_repairs_it(repo: Path) -> None:
     assert repaired.returncode == 0, repaired.stderr[-2000:]
     assert dvc(repo, "status").stdout.strip().startswith("Data and pipelines are up to date")
     valid_outputs(repo)
+
+
+@pytest.mark.parametrize(
+    ("stage", "outputs", "in_git"),
+    [
+        ("train", FINAL_OUTPUTS, ""),
+        ("evaluate", ["reports/per_class.csv", "reports/metrics.json"], "reports/metrics.json"),
+    ],
+)
+def test_a_failed_stage_names_what_brings_its_outputs_back(
+    repo: Path, stage: str, outputs: list[str], in_git: str
+) -> None:
+    """Under `dvc repro` DVC removes a stage's outputs before running it, so a stage that fails
+    there leaves none (run directly, it keeps the previous ones): its one error line says so
+    and names the commands that bring back the last ones, byte for byte."""
+    run_git(
+        repo, "commit", "-q", "--allow-empty", "-am", "the last outputs"
+    )  # as a user's last `dvc repro`
+    before = {name: (repo / name).read_bytes() for name in outputs}
+    unreachable = "http://127.0.0.1:9"  # the stage fails in seconds, after DVC removed them
+    failed = dvc(repo, "repro", "--force", "--single-item", stage, MLFLOW_TRACKING_URI=unreachable)
+    assert failed.returncode != 0
+    [line] = [n for n in (failed.stdout + failed.stderr).splitlines() if n.startswith("error: ")]
+    assert f"DVC removed {stage}'s outputs before running it: `dvc checkout {stage}`" in line
+    assert (f"`git checkout {in_git}` the ones kept in Git" in line) == bool(in_git), line
+    assert not any((repo / name).exists() for name in outputs)
+
+    assert dvc(repo, "checkout", stage).returncode == 0
+    if in_git:
+        subprocess.run(["git", "checkout", in_git], cwd=repo, check=True)
+    assert {name: (repo / name).read_bytes() for name in outputs} == before

@@ -147,3 +147,158 @@ def image_of_a_digit(folder: Path) -> Path:
     path = folder / "one.png"
     image.save(path)
     return path
+
+
+def test_temp_folders_of_a_killed_process_go_with_the_next_command(tmp_path: Path) -> None:
+    """kill -9 runs no cleanup: a process killed while it holds a copy (registration's model,
+    predict's store) leaves its temp folder; the next command to make one removes it, and
+    leaves alone those of a process still running."""
+    import os
+    import signal
+
+    hold = (
+        "import sys, time; from pathlib import Path; from mlpipe.paths import scratch_dir\n"
+        "with scratch_dir(sys.argv[1]) as folder:\n"
+        "    (Path(folder) / 'model.keras').write_bytes(b'x' * 1000)\n"
+        "    print(folder, flush=True); time.sleep(600)\n"
+    )
+    env = stage_env(TMPDIR=str(tmp_path))
+
+    def holding(kind: str) -> tuple[subprocess.Popen[str], Path]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", hold, kind], env=env, stdout=subprocess.PIPE, text=True
+        )
+        return process, Path(process.stdout.readline().strip())
+
+    killed, orphan = holding("register")
+    running, live = holding("store")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert orphan.is_dir() and (orphan / "model.keras").is_file()
+    try:
+        made = subprocess.run(
+            [sys.executable, "-c", "from mlpipe.paths import scratch_dir; scratch_dir('model')"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert not orphan.exists()
+        assert live.is_dir()
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_every_temp_folder_is_made_by_scratch_dir() -> None:
+    """So that none escapes the clean-up of killed processes' folders."""
+    from tests.conftest import REPO
+
+    makers = ("TemporaryDirectory(", "mkdtemp(")
+    found = [
+        str(path.relative_to(REPO))
+        for folder in ("mlpipe", "stages")
+        for path in (REPO / folder).rglob("*.py")
+        if path.name != "paths.py" and any(maker in path.read_text() for maker in makers)
+    ]
+    assert found == []
+
+
+def another_model(path: Path, into: Path) -> None:
+    """The model at `path` with one bias nudged, saved at `into`: loads and answers the same
+    way, and is not the same model."""
+    import keras
+
+    model = keras.models.load_model(path)
+    weights = model.get_weights()
+    weights[-1] = weights[-1] + 0.5
+    model.set_weights(weights)
+    model.save(into)
+
+
+def test_a_version_is_tagged_and_used_only_with_its_registered_model(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    """Train records the registered file's sha256 on the version. A models/model.keras swapped
+    afterwards is refused by evaluate before it tags anything; a registered model overwritten in
+    the artifact store is refused by predict, not answered with under the same label."""
+    from PIL import Image
+
+    from mlpipe.data.digests import sha256_file
+    from mlpipe.tracking.model_identity import MODEL_SHA256_TAG
+
+    name = "keras-tutorial-mnist"
+    client = client_for(evaluated)
+    tags = client.get_model_version(name, "1").tags
+    assert tags[MODEL_SHA256_TAG] == sha256_file(evaluated / "models/model.keras")
+    metrics = (evaluated / "reports/metrics.json").read_bytes()
+
+    original = evaluated / "models/model.keras"
+    another_model(original, tmp_path / "other.keras")
+    kept = tmp_path / "trained.keras"
+    shutil.copy(original, kept)
+    shutil.copy(tmp_path / "other.keras", original)
+    swapped = run_stage(evaluated, "evaluate")
+    assert swapped.returncode == 1
+    [line] = [n for n in swapped.stderr.splitlines() if n.startswith("error: ")]
+    assert f"not the model registered as {name} version 1 (its sha256 is" in line
+    assert "`dvc checkout train` brings back the trained one" in line
+    assert client_for(evaluated).get_model_version(name, "1").tags == tags
+    assert (evaluated / "reports/metrics.json").read_bytes() == metrics
+    shutil.copy(kept, original)
+
+    # The same version's file overwritten where the store keeps it (as the artifact proxy of
+    # a team server lets any EDIT member do).
+    [stored] = [
+        path
+        for path in (evaluated / "mlartifacts").rglob("model.keras")
+        if sha256_file(path) == tags[MODEL_SHA256_TAG]
+    ]
+    shutil.copy(tmp_path / "other.keras", stored)
+    Image.new("L", (28, 28), 0).save(evaluated / "digit.png")
+    answered = run_predict(evaluated, "digit.png")
+    assert answered.returncode == 1 and answered.stdout == ""
+    [line] = [n for n in answered.stderr.splitlines() if n.startswith("error: ")]
+    assert f"model models:/{name}@champion: its model.keras is not the one registered" in line
+    assert "changed in the artifact store after registration" in line
+
+
+def test_the_committed_run_id_is_called_a_run_of_another_store(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    """A fresh clone's reports/metrics.json names the run of the store where the commit's
+    pipeline ran: predict asked for it says so, not "not found"."""
+    from PIL import Image
+
+    foreign = "0123456789abcdef0123456789abcdef"
+    metrics = json.loads((evaluated / "reports/metrics.json").read_text())
+    (evaluated / "reports/metrics.json").write_text(
+        json.dumps({**metrics, "mlflow_run_id": foreign})
+    )
+    Image.new("L", (28, 28), 0).save(evaluated / "digit.png")
+    for run_id, whose in ((foreign, "the run reports/metrics.json names, "), ("f" * 32, "")):
+        asked = run_predict(evaluated, "digit.png", "--model", f"runs:/{run_id}/model")
+        assert asked.returncode == 1
+        [line] = [n for n in asked.stderr.splitlines() if n.startswith("error: ")]
+        assert f"run {run_id} is not in " in line and "not found" not in line
+        assert f": {whose}a run of another store" in line
+
+
+def test_predict_answers_from_a_read_only_workspace_without_side_files(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    """A read-only mount of a workspace whose store has no -wal or -shm beside it (SQLite
+    cannot make them there): predict still answers, and changes nothing."""
+    from PIL import Image, ImageDraw
+
+    from tests.test_store import read_only
+
+    digit = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(digit).line([(14, 4), (14, 24)], fill=255, width=3)  # a "1"
+    digit.save(evaluated / "digit.png")
+    for side in ("mlflow.db-wal", "mlflow.db-shm"):
+        (evaluated / side).unlink(missing_ok=True)
+    before = files_and_times(evaluated)
+    with read_only(evaluated):
+        answered = run_predict(evaluated, "digit.png", "--json")
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)[0]["model"].startswith("keras-tutorial-mnist version 1")
+    assert files_and_times(evaluated) == before

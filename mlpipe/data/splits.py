@@ -30,6 +30,12 @@ def load_split(layout: Layout, split: str, spec: DatasetSpec) -> Split:
         raise DataError(f"{path}: missing; run the preprocess stage first")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            if isinstance(archive, np.lib.npyio.NpzFile) and not {"x", "y"} & set(archive.files):
+                raise DataError(
+                    f"{path}: a zip archive without the split's arrays x and y (it holds "
+                    f"{', '.join(archive.files[:3]) or 'nothing'}): another program's "
+                    "file, left as it is; move it away, then `dvc repro -f preprocess`"
+                )
             x, y = archive["x"], archive["y"]
     except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError) as exc:
         raise DataError(

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 from mlpipe.config import load_params, registered_model_name
 from mlpipe.errors import ModelError, TrackingError, first_line
-from mlpipe.paths import Layout, scratch_root
+from mlpipe.paths import Layout, scratch_dir, scratch_root
 from mlpipe.tracking.promotion import CHAMPION
 
 DEFAULT_PREFIX = "keras-tutorial"  # the registered-model prefix when there is no params.yaml
@@ -71,7 +70,7 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
         local = _local_path(source)
         if local is not None:  # before copying anything: what it is, and whether it fits
             _check_copyable(local, source, root)
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlpipe-model-", dir=root))
+        scratch = stack.enter_context(scratch_dir("model"))
         stack.enter_context(using_store(store.uri))
         try:
             fetched, label = _pinned(source)
@@ -84,10 +83,11 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
                     f"model {source}: no space left in {root} for a copy of it; set TMPDIR to "
                     "a folder with room"
                 ) from exc
-            raise _fetch_error(source, uri, exc) from exc
+            raise _fetch_error(source, uri, exc, layout) from exc
         # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
         for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
             if path.is_file():
+                _check_registered(fetched, path, source)
                 return load_for_inference(path), label
         raise ModelError(
             f"model {source} holds no Keras model (no artifacts/model.keras); were its files "
@@ -95,7 +95,7 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
         )
 
 
-def _fetch_error(source: str, uri: str, exc: Exception) -> ModelError:
+def _fetch_error(source: str, uri: str, exc: Exception, layout: Layout) -> ModelError:
     from mlflow.exceptions import MlflowException
 
     from mlpipe.tracking.server_access import refusal
@@ -105,9 +105,29 @@ def _fetch_error(source: str, uri: str, exc: Exception) -> ModelError:
         refused = refusal(exc, uri)
         if refused:
             return ModelError(f"model {source}: {refused}")
+        run = re.match(r"runs:/([0-9a-f]{32})/", source)
+        if run and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return ModelError(_run_of_another_store(source, run.group(1), store_label(uri), layout))
         return ModelError(f"model {source} not found in {store_label(uri)} ({first_line(exc)})")
     # Artifact stores raise many types (no driver, bad address).
     return ModelError(f"model {source}: its files cannot be fetched ({first_line(exc)})")
+
+
+def _run_of_another_store(source: str, run_id: str, store: str, layout: Layout) -> str:
+    """A run id this store has not: the committed reports/metrics.json names the run of the
+    store where the commit's pipeline ran (the team's server, or another machine's)."""
+    import json
+
+    try:
+        named = json.loads(layout.metrics_file.read_text(encoding="utf-8")).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    whose = "the run reports/metrics.json names, " if named == run_id else ""
+    return (
+        f"model {source}: run {run_id} is not in {store}: {whose}a run of another store (the "
+        "one where that pipeline ran, such as the team's server); run the pipeline here, or "
+        "set MLFLOW_TRACKING_URI to that store"
+    )
 
 
 def _local_path(source: str) -> Path | None:
@@ -174,6 +194,28 @@ def _no_space(exc: BaseException) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def _check_registered(fetched: str, path: Path, source: str) -> None:
+    """A registered version's fetched model is the file registered (its recorded sha256)."""
+    found = re.fullmatch(r"models:/([^/@]+)/(\d+)", fetched)
+    if not found:
+        return
+    from mlflow import MlflowClient
+
+    from mlpipe.tracking.model_identity import mismatch
+
+    name, version = found.group(1), int(found.group(2))
+    try:
+        changed = mismatch(MlflowClient(), name, version, path)
+    except TrackingError as exc:
+        raise ModelError(f"model {source}: {exc}") from exc
+    if changed:
+        raise ModelError(
+            f"model {source}: its model.keras is not the one registered ({changed}): it was "
+            "changed in the artifact store after registration; do not use this version, "
+            "register a new one with the train stage"
+        )
 
 
 def _pinned(source: str) -> tuple[str, str]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlpipe.paths import scratch_dir
 from mlpipe.search.spec import SweepSpec
 from mlpipe.search.trial import STUDY_TAG
 
@@ -150,7 +150,7 @@ def _log_figures(client: MlflowClient, parent: str, study: optuna.Study, complet
     plots["parallel_coordinate"] = figures.plot_parallel_coordinate
     if complete >= 2:  # importances need at least two finished trials
         plots["param_importances"] = figures.plot_param_importances
-    with tempfile.TemporaryDirectory(prefix="mlpipe-sweep-") as folder:
+    with scratch_dir("sweep") as folder:
         for name, plot in plots.items():
             try:
                 with warnings.catch_warnings():

@@ -38,6 +38,10 @@ Result = TypeVar("Result")
 # After the stage is done with it: how long the process may take to finish what it is doing
 # (MLflow's own timeouts bound a call to a server).
 FINISH_TIMEOUT_S = 300
+# How long the stage waits for an answer (a stopped or hung process has none), and how often
+# it says that it is waiting.
+ANSWER_TIMEOUT_S = 300
+WAIT_LINE_S = 30
 
 
 class BackgroundError(TrackingError):
@@ -100,6 +104,25 @@ def _drop_inherited_connections() -> None:
             engine.dispose(close=False)  # forget them without closing the parent's
 
 
+def _wait_for_answer(ours: Connection, process: Any) -> None:
+    """Return once the process answered or ended; a line every WAIT_LINE_S while it has not;
+    after ANSWER_TIMEOUT_S it is killed (stopped with SIGSTOP, or hung) and the stage told."""
+    waited = 0.0
+    while not ours.poll(min(WAIT_LINE_S, ANSWER_TIMEOUT_S - waited)):
+        if not process.is_alive():
+            return  # recv() then finds the pipe closed
+        waited = min(waited + WAIT_LINE_S, ANSWER_TIMEOUT_S)
+        if waited >= ANSWER_TIMEOUT_S:
+            process.kill()  # SIGKILL ends a stopped process too
+            process.join()
+            raise BackgroundError(
+                f"the MLflow logging process (pid {process.pid}) gave no answer in "
+                f"{ANSWER_TIMEOUT_S:.0f} s (stopped, or a server that hangs?); it was killed: "
+                "run the stage again"
+            )
+        log.info("waiting for the MLflow logging process (pid %d): %.0f s", process.pid, waited)
+
+
 @contextmanager
 def alongside(
     prepare: Callable[[], Prepared], work: Callable[[Prepared, Any], Result]
@@ -121,7 +144,10 @@ def alongside(
     def ask(payload: Any) -> Result:
         try:
             ours.send(payload)
+            _wait_for_answer(ours, process)
             status, value = ours.recv()
+        except BackgroundError:
+            raise
         except (EOFError, OSError):  # its end of the pipe closed, or reset
             process.join()
             raise BackgroundError(

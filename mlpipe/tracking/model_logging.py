@@ -10,7 +10,6 @@ import json
 import platform
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,8 @@ import numpy as np
 
 from mlpipe.data.specs import DatasetSpec
 from mlpipe.data.splits import Split
+from mlpipe.paths import scratch_dir
+from mlpipe.tracking import model_identity
 from mlpipe.tracking.run_json import RunRecord
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def log_and_register(keras_file: Path, spec: DatasetSpec, registered_name: str) 
         inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, *spec.image_shape))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, spec.num_classes))]),
     )
-    with tempfile.TemporaryDirectory(prefix="mlpipe-") as scratch, warnings.catch_warnings():
+    with scratch_dir("register") as scratch, warnings.catch_warnings():
         # The serving example is logged with the run (serving_input_example.json).
         # (MLflow colours the message: the pattern must not be anchored at its start.)
         warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
@@ -117,7 +118,8 @@ def log_trained_model(
     name = params.registered_model_name
     with tracker.timed():
         info = log_and_register(keras_file, spec, name)
-    version = int(info.registered_model_version)
+        version = int(info.registered_model_version)
+        model_identity.record(tracker.client, name, version, keras_file)
     return RunRecord(
         run_id=tracker.run_id,
         experiment_id=tracker.experiment_id,

@@ -41,7 +41,15 @@ class RunRecord(BaseModel):
     def read(cls, path: Path) -> RunRecord:
         """The record in `path`, checked; DataError naming the file and the fix otherwise."""
         try:
-            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            found = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(found, dict) or not set(found) & set(cls.model_fields):
+                kind = "JSON object" if isinstance(found, dict) else f"JSON {type(found).__name__}"
+                raise DataError(
+                    f"{path}: a {kind} without any key of the pipeline's run record (run_id, "
+                    "registered_model_name, ...): another program's file, left as it is; move "
+                    "it away, then run the train stage"
+                )
+            return cls.model_validate(found)
         except FileNotFoundError as exc:
             raise DataError(f"{path}: missing; run the train stage first") from exc
         except (OSError, ValueError) as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipe.errors import TrackingError
-from mlpipe.paths import scratch_root
+from mlpipe.paths import scratch_dir
 from mlpipe.tracking import store
 from mlpipe.tracking.relocation import relocate
 from mlpipe.tracking.sqlite_store import check_file, inspect_store, read_header
@@ -60,7 +59,7 @@ def reading(uri: str) -> Iterator[Snapshot]:
     if not path.exists():
         raise TrackingError(f"{path}: {NONE_HERE}")
     read_header(path)  # someone else's file is named at once, not copied
-    with tempfile.TemporaryDirectory(prefix="mlpipe-store-", dir=scratch_root()) as scratch:
+    with scratch_dir("store") as scratch:
         copy = Path(scratch) / path.name
         _copy_as_of_one_moment(path, copy)
         if inspect_store(copy, shown=path) != "mlflow":
