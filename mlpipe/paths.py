@@ -152,9 +152,11 @@ def remove_orphaned_scratch() -> list[Path]:
 
 
 def _host() -> str:
+    """This host, as a short tag: the hash of its whole name (cut names would collide)."""
+    import hashlib
     import socket
 
-    return re.sub(r"[^a-z0-9]", "", socket.gethostname().lower())[:16] or "host"
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12]
 
 
 def _alive(pid: int) -> bool:

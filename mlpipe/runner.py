@@ -182,7 +182,7 @@ def _dvc_removed_outputs() -> str:
         return ""
     said = (
         f"; DVC removed {stage}'s outputs before running it: `dvc checkout {stage}` brings back "
-        "the last ones from its cache"
+        "the last ones from its cache (if it ran before)"
     )
     in_git = _uncached_outputs(stage)
     return said + (f", `git checkout {' '.join(in_git)}` the ones kept in Git" if in_git else "")

@@ -209,15 +209,22 @@ def check_database_uri(uri: str, option: str) -> None:
         )
 
 
-def check_allowed_hosts(allowed: str | None) -> None:
-    """Refuse a Host pattern that matches every host (`*`, `*:5000`): MLflow's Host check,
-    its guard against DNS rebinding, would be off while the option seems to name hosts."""
-    for pattern in (allowed or "").split(","):
-        if pattern.strip().split(":")[0] == "*":
+# Hosts no team names: a pattern that lets one in lets in any name a rebinding attacker picks.
+HOSTILE_HOSTS = ("rebind.attacker-controlled.invalid", "203.0.113.7", "203.0.113.7:5000")
+ALLOWED_HOSTS_ENV = "MLFLOW_SERVER_ALLOWED_HOSTS"  # MLflow reads it when the option is not given
+
+
+def check_allowed_hosts(allowed: str | None, given: str = "--allowed-hosts") -> None:
+    """Refuse a Host pattern that lets in any host (`*`, `*:5000`, `*.*`; MLflow matches them
+    with fnmatch): its Host check, the guard against DNS rebinding, would be off."""
+    from fnmatch import fnmatch
+
+    for pattern in filter(None, (part.strip() for part in (allowed or "").split(","))):
+        if any(fnmatch(host, pattern) for host in HOSTILE_HOSTS):
             raise ConfigError(
-                f"--allowed-hosts {pattern.strip()!r} accepts every Host header, which turns "
-                "off the server's check against DNS rebinding; name the hosts it is reached "
-                "by (e.g. mlflow.example.org,mlflow.example.org:5000)"
+                f"{given} {pattern!r} accepts any Host header, which turns off the server's "
+                "check against DNS rebinding; name the hosts it is reached by (e.g. "
+                "mlflow.example.org,mlflow.example.org:5000)"
             )
 
 
@@ -233,6 +240,7 @@ def serve(args: argparse.Namespace) -> None:
             "on 127.0.0.1 behind a TLS proxy, or name the hosts it serves with --allowed-hosts"
         )
     check_allowed_hosts(args.allowed_hosts)
+    check_allowed_hosts(os.environ.get(ALLOWED_HOSTS_ENV), ALLOWED_HOSTS_ENV)
     auth_uri = args.auth_database_uri or sibling_database(args.backend_store_uri, "mlflow_auth")
     for uri, option in (
         (args.backend_store_uri, "--backend-store-uri"),

@@ -65,9 +65,11 @@ def frozen_stages(pipeline: dict) -> list[str]:
 def main() -> int:
     import importlib.util
 
-    if not all(importlib.util.find_spec(name) for name in ("yaml", "dvc")):
+    missing = [name for name in ("yaml", "dvc") if importlib.util.find_spec(name) is None]
+    if missing:
         print(
-            f"error: {sys.executable} is not the project's environment (no PyYAML, no DVC): "
+            f"error: {sys.executable} is not the project's environment (it has no "
+            f"{' and no '.join(missing)}): "
             "run `make check-lock`, or .venv/bin/python scripts/check_lock.py after `make setup`",
             file=sys.stderr,
         )

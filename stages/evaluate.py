@@ -21,6 +21,7 @@ import logging
 
 from mlpipe.atomic import atomic_paths, json_text
 from mlpipe.config import Params, load_params
+from mlpipe.data.digests import sha256_file
 from mlpipe.data.specs import SPECS
 from mlpipe.data.splits import dataset_input, load_split
 from mlpipe.errors import ModelError
@@ -47,6 +48,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
     from mlpipe.tracking.run_lifecycle import attached_run, connect
 
     source = layout.model_file
+    digest = sha256_file(source)  # of the bytes loaded next, checked against the registry's
     model = load_for_inference(source)
     check_input_shape(model, spec.name, spec.image_shape, str(source))
     check_output_count(model, spec.num_classes, str(source), "run the train stage again")
@@ -58,7 +60,7 @@ def main(layout: Layout = HERE, params: Params | None = None) -> None:
 
     client, _ = connect(record.experiment_name, layout.workspace)
     name, version = record.registered_model_name, record.registered_model_version
-    changed = model_identity.mismatch(client, name, version, source)  # before any tag is set
+    changed = model_identity.mismatch(client, name, version, digest)  # before any tag is set
     if changed:
         raise ModelError(
             f"{source}: not the model registered as {name} version {version} ({changed}): it "

@@ -67,7 +67,7 @@ def deep_png(path: Path, pixels: np.ndarray, bits: int, sbit: bool) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bits", [10, 12, 16])
+@pytest.mark.parametrize("bits", [10, 12, 14])
 def test_deep_pngs_are_read_by_their_significant_bits(tmp_path: Path, bits: int) -> None:
     pixels = digit()
     image = open_image(deep_png(tmp_path / "deep.png", pixels, bits, sbit=True))
@@ -99,7 +99,13 @@ def test_a_deep_image_that_hides_its_depth_is_named_not_blank(
     assert code == 1
     assert f"{path}: a 16-bit image whose values reach only {(1 << bits) - 1} ({bits} bits)" in line
     assert "does not say its bit depth (no PNG sBIT" in line and "blank" not in line
-    # Full 16-bit contrast needs no declaration (test_16_bit_images_are_scaled_not_clipped).
+    # Full 16-bit contrast needs no declaration (test_16_bit_images_are_scaled_not_clipped);
+    # a faint image without contrast is blank, whatever its depth.
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.full((40, 40), 1000, dtype=np.uint16)).save(flat)
+    code = predict.main([str(flat), "--model", str(models["good"])])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "no digit found: the image is blank" in line
 
 
 @pytest.mark.parametrize(

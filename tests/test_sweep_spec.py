@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,6 +90,18 @@ BAD_SWEEPS = {
     "no trials": ({"trials": 0}, r"sweep\.yaml: trials must be an integer greater than 0"),
     "sampler": ({"sampler": {"name": "cmaes"}}, r"sampler\.name must be one of tpe, random"),
     "pruner key": ({"pruner": {"warmup": 3}}, r"pruner\.warmup is not a known key"),
+    "pruner key of another pruner": (
+        {"pruner": {"name": "median", "max_epochs": 8}},
+        r"pruner: max_epochs is for hyperband and successive_halving, not median",
+    ),
+    "startup for a rung pruner": (
+        {"pruner": {"name": "hyperband", "startup_trials": 2}},
+        r"pruner: startup_trials is for median, not hyperband",
+    ),
+    "warmup as long as a trial": (
+        {"pruner": {"name": "successive_halving", "warmup_epochs": 10}},
+        r"pruner\.warmup_epochs 10 leaves none of a trial's 10 epochs to prune at",
+    ),
     "when on another key": (
         _momentum_when({"train.loss": "x"}),
         r"space\.train\.momentum\.when names train\.loss, which is not a key of the space",
@@ -330,8 +343,8 @@ def test_a_trial_link_under_another_experiment_is_refused(monkeypatch: pytest.Mo
     }
     monkeypatch.setenv(trials.ENV, json.dumps(link))
     for running, named in (
-        ("s-1", "DVC runs experiment 's-1'"),
-        (None, "no experiment of its own"),
+        ("s-1", "DVC runs experiment 's-1' here: another `dvc exp run` took"),
+        (None, "this stage runs in no DVC experiment: a MLPIPE_SWEEP left in the environment"),
     ):
         if running:
             monkeypatch.setenv(trials.DVC_NAME, running)
@@ -339,7 +352,7 @@ def test_a_trial_link_under_another_experiment_is_refused(monkeypatch: pytest.Mo
             monkeypatch.delenv(trials.DVC_NAME, raising=False)
         trials.current.cache_clear()
         with pytest.raises(
-            ConfigError, match=rf"trial 3 of study 's' \(experiment 's-3'\).*{named}"
+            ConfigError, match=rf"trial 3 of study 's' \('s-3'\), but {re.escape(named)}"
         ):
             trials.current()
     monkeypatch.setenv(trials.DVC_NAME, "s-3")

@@ -44,12 +44,20 @@ def test_serve_keeps_passwords_off_the_network_and_the_process_list(
     code, err = run(capsys, "serve", "--host", "0.0.0.0", *state)
     assert code == 2
     assert "--host 0.0.0.0: passwords would cross the network in clear" in err
-    for wildcard in ("*", "mlflow.example.org,*:5000"):  # every Host header, on any interface
+    # Every Host header, on any interface: MLflow matches the patterns with fnmatch.
+    for wildcard in ("*", "mlflow.example.org,*:5000", "**", "?*", "*.*"):
         for host in ("0.0.0.0", "127.0.0.1"):
             code, err = run(capsys, "serve", "--host", host, "--allowed-hosts", wildcard, *state)
             assert code == 2
             [line] = error_lines(err)
-            assert "accepts every Host header" in line and "check against DNS rebinding" in line
+            assert "accepts any Host header" in line and "check against DNS rebinding" in line
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "*")  # what MLflow reads without the option
+    code, err = run(capsys, "serve", *state)
+    assert code == 2 and "MLFLOW_SERVER_ALLOWED_HOSTS '*' accepts any Host header" in err
+    monkeypatch.delenv("MLFLOW_SERVER_ALLOWED_HOSTS")
+    named = ["--host", "0.0.0.0", "--allowed-hosts", "*.team.example.org,192.168.1.*"]
+    code, err = run(capsys, "serve", *named, "--backend-store-uri", "sqlite:///x.db", *state)
+    assert "Host header" not in err  # patterns that name hosts pass; the next check speaks
     for uri in (
         "postgresql://mlflow:db-s3cret@127.0.0.1:9/mlflow",
         "postgresql://mlflow@127.0.0.1:9/mlflow?password=db-s3cret",

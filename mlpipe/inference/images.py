@@ -211,7 +211,8 @@ def _sixteen_bit_white(values: np.ndarray, declared: int | None) -> float:
     top = values.max(initial=0)
     if declared and top <= declared:
         return float(declared)
-    if top * 255 / 0xFFFF < INK_THRESHOLD and top > values.min(initial=0):
+    lowest = values.min() if values.size else 0
+    if top * 255 / 0xFFFF < INK_THRESHOLD and top > lowest:
         bits = int(top).bit_length()
         raise ImageInputError(
             f"a 16-bit image whose values reach only {int(top)} ({bits} bits), and the file "

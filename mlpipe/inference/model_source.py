@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from mlpipe.config import load_params, registered_model_name
+from mlpipe.data.digests import sha256_file
 from mlpipe.errors import ModelError, TrackingError, first_line
 from mlpipe.paths import Layout, scratch_dir, scratch_root
 from mlpipe.tracking.promotion import CHAMPION
@@ -67,10 +68,10 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
         except TrackingError as exc:
             raise ModelError(f"model {source}: {exc}") from exc
         root = scratch_root()
+        scratch = stack.enter_context(scratch_dir("model"))  # first, killed runs' folders go
         local = _local_path(source)
         if local is not None:  # before copying anything: what it is, and whether it fits
             _check_copyable(local, source, root)
-        scratch = stack.enter_context(scratch_dir("model"))
         stack.enter_context(using_store(store.uri))
         try:
             fetched, label = _pinned(source)
@@ -87,7 +88,7 @@ def load_model(layout: Layout, source: str) -> tuple[Any, str]:
         # A pyfunc model keeps the Keras file among its artifacts; older versions as Keras data.
         for path in (folder / "artifacts" / "model.keras", folder / "data" / "model.keras"):
             if path.is_file():
-                _check_registered(fetched, path, source)
+                _check_registered(fetched, sha256_file(path), source)
                 return load_for_inference(path), label
         raise ModelError(
             f"model {source} holds no Keras model (no artifacts/model.keras); were its files "
@@ -106,7 +107,7 @@ def _fetch_error(source: str, uri: str, exc: Exception, layout: Layout) -> Model
         if refused:
             return ModelError(f"model {source}: {refused}")
         run = re.match(r"runs:/([0-9a-f]{32})/", source)
-        if run and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if run and exc.error_code == "RESOURCE_DOES_NOT_EXIST" and not _run_exists(run.group(1)):
             return ModelError(_run_of_another_store(source, run.group(1), store_label(uri), layout))
         return ModelError(f"model {source} not found in {store_label(uri)} ({first_line(exc)})")
     # Artifact stores raise many types (no driver, bad address).
@@ -122,12 +123,24 @@ def _run_of_another_store(source: str, run_id: str, store: str, layout: Layout) 
         named = json.loads(layout.metrics_file.read_text(encoding="utf-8")).get("mlflow_run_id")
     except (OSError, ValueError, AttributeError):
         named = None
-    whose = "the run reports/metrics.json names, " if named == run_id else ""
+    if named != run_id:
+        return f"model {source}: run {run_id} is not in {store} (a mistyped id, or another store's)"
     return (
-        f"model {source}: run {run_id} is not in {store}: {whose}a run of another store (the "
-        "one where that pipeline ran, such as the team's server); run the pipeline here, or "
-        "set MLFLOW_TRACKING_URI to that store"
+        f"model {source}: run {run_id} is not in {store}: it is the run reports/metrics.json "
+        "names, a run of the store where that pipeline ran (such as the team's server); run "
+        "the pipeline here, or set MLFLOW_TRACKING_URI to that store"
     )
+
+
+def _run_exists(run_id: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def _local_path(source: str) -> Path | None:
@@ -196,7 +209,7 @@ def _no_space(exc: BaseException) -> bool:
     return False
 
 
-def _check_registered(fetched: str, path: Path, source: str) -> None:
+def _check_registered(fetched: str, digest: str, source: str) -> None:
     """A registered version's fetched model is the file registered (its recorded sha256)."""
     found = re.fullmatch(r"models:/([^/@]+)/(\d+)", fetched)
     if not found:
@@ -207,7 +220,7 @@ def _check_registered(fetched: str, path: Path, source: str) -> None:
 
     name, version = found.group(1), int(found.group(2))
     try:
-        changed = mismatch(MlflowClient(), name, version, path)
+        changed = mismatch(MlflowClient(), name, version, digest)
     except TrackingError as exc:
         raise ModelError(f"model {source}: {exc}") from exc
     if changed:

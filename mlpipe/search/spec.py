@@ -51,6 +51,16 @@ class Pruner(_Strict):
         description="a whole trial's epochs; from set or params.yaml if not given",
     )
 
+    @model_validator(mode="after")
+    def _only_its_own_keys(self) -> Pruner:
+        """A key the named pruner does not read is refused, not silently ignored."""
+        given = self.model_fields_set
+        if "max_epochs" in given and self.name not in RUNG_PRUNERS:
+            raise ValueError(f"max_epochs is for {' and '.join(RUNG_PRUNERS)}, not {self.name}")
+        if "startup_trials" in given and self.name != "median":
+            raise ValueError(f"startup_trials is for median, not {self.name}")
+        return self
+
 
 Number = int | float
 
@@ -128,11 +138,18 @@ def load_spec(path: Path, params_raw: dict[str, Any]) -> SweepSpec:
     check_against_params(spec, params_raw)
     # A whole trial's epochs, known unless the space varies them: Optuna's "auto" waits for
     # the first trial to end, and prunes none before.
-    fixed = "train.epochs" not in spec.space and spec.pruner.max_epochs is None
-    if spec.pruner.name in RUNG_PRUNERS and fixed:
+    epochs = spec.pruner.max_epochs
+    if "train.epochs" not in spec.space and epochs is None:
         epochs = spec.set.get("train.epochs", params_raw.get("train", {}).get("epochs"))
-        pruner = spec.pruner.model_copy(update={"max_epochs": epochs})
-        spec = spec.model_copy(update={"pruner": pruner})
+        if spec.pruner.name in RUNG_PRUNERS:
+            pruner = spec.pruner.model_copy(update={"max_epochs": epochs})
+            spec = spec.model_copy(update={"pruner": pruner})
+    warmup = spec.pruner.warmup_epochs
+    if spec.pruner.name != "none" and isinstance(epochs, int) and warmup >= epochs:
+        raise ConfigError(
+            f"{SOURCE}: pruner.warmup_epochs {warmup} leaves none of a trial's {epochs} epochs "
+            "to prune at; make it smaller, or use pruner none"
+        )
     return spec
 
 

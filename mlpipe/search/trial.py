@@ -70,11 +70,16 @@ def current() -> TrialLink | None:
         raise ConfigError(f"{ENV}: not a sweep's trial ({exc}); unset it") from exc
     expected, running = experiment_name(link.study, link.number), os.environ.get(DVC_NAME)
     if running != expected:  # what a trial reports must be its own experiment's
-        shown = f"experiment {running!r}" if running else "no experiment of its own"
+        named = f"{ENV} names trial {link.number} of study {link.study!r} ({expected!r})"
+        if not running:
+            raise ConfigError(
+                f"{named}, but this stage runs in no DVC experiment: a {ENV} left in the "
+                "environment? unset it (`python -m mlpipe.sweep run` sets it for its trials)"
+            )
         raise ConfigError(
-            f"{ENV} names trial {link.number} of study {link.study!r} (experiment {expected!r}) "
-            f"but DVC runs {shown} here; another `dvc exp run` took the trial's entry from "
-            "DVC's stash: run the sweep again, and no `dvc exp run` beside it"
+            f"{named}, but DVC runs experiment {running!r} here: another `dvc exp run` took "
+            "the trial's entry from DVC's stash; run the sweep again, with no `dvc exp run` "
+            "beside it"
         )
     return link
 

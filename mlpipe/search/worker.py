@@ -158,7 +158,7 @@ class Workers:
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = {**os.environ, "PATH": path, ENV: link.to_environment()}
         with log_file.open("w", encoding="utf-8") as output:
-            output.write(f"dvc {' '.join(command[len(DVC_EXP) :])}\n")
+            output.write(" ".join(command) + "\n")
             output.flush()
             # Its own process group: a stop reaches DVC and the stage it runs, nothing else.
             child = subprocess.Popen(

@@ -29,9 +29,10 @@ def record(client: MlflowClient, name: str, version: int, model_file: Path) -> N
     client.set_model_version_tag(name, str(version), MODEL_SHA256_TAG, sha256_file(model_file))
 
 
-def mismatch(client: MlflowClient, name: str, version: int, model_file: Path) -> str | None:
-    """None when `model_file` is the version's registered model (or the version records no
-    hash, or is not in the registry: the caller says so in its own words); else what differs."""
+def mismatch(client: MlflowClient, name: str, version: int, found: str) -> str | None:
+    """None when `found` (a model file's sha256, taken before it was loaded) is the version's
+    registered model's (or the version records no hash, or is not in the registry: the
+    caller says so in its own words); else what differs."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -40,9 +41,6 @@ def mismatch(client: MlflowClient, name: str, version: int, model_file: Path) ->
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise TrackingError(tracking_failure(exc, client.tracking_uri)) from exc
-    if recorded is None:
-        return None
-    found = sha256_file(model_file)
-    if found == recorded:
+    if recorded is None or found == recorded:
         return None
     return f"its sha256 is {found[:12]}..., {name} version {version} registered {recorded[:12]}..."
