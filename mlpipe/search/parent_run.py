@@ -131,12 +131,31 @@ def close_parent(
         client.log_metric(parent, f"best_{spec.objective.metric}", best.value)
         _log_figures(client, parent, study, len(complete))
     for key, value in tags.items():
-        client.set_tag(parent, key, value)
+        _set_tag(client, parent, key, value)
     done, running = counts(study)
     if done >= total:
         client.set_terminated(parent, "FINISHED")
     elif not running:
         client.set_terminated(parent, end)
+
+
+def _set_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
+    """Set a tag that another machine's worker may be setting at the same moment: MLflow's
+    store inserts a tag it did not find, so two first writes collide on its key (seen in CI:
+    PostgreSQL's UniqueViolation on tag_pk); the next attempt finds it and updates it."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            client.set_tag(run_id, key, value)
+            return
+        except MlflowException as exc:
+            collided = "duplicate key" in str(exc) or "UNIQUE constraint failed" in str(exc)
+            if not collided or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _log_figures(client: MlflowClient, parent: str, study: optuna.Study, complete: int) -> None:
