@@ -57,7 +57,7 @@ class ImageInputError(ValueError):
     """The file cannot be used as an image for this model."""
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     """What a non-regular file is, in words a user knows."""
     if stat.S_ISDIR(mode):
         return "a directory"
@@ -79,7 +79,7 @@ def _open_file(path: Path) -> BinaryIO:
     try:
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):
-            kind = _file_kind(mode)
+            kind = file_kind(mode)
             raise ImageInputError(f"{path}: is {kind}, not an image file")
         return open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
     except FileNotFoundError as exc:

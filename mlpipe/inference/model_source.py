@@ -183,15 +183,11 @@ def _check_copyable(path: Path, source: str, root: Path) -> None:
 def _regular_size(path: Path, source: str, found: os.stat_result) -> int:
     if stat.S_ISREG(found.st_mode):
         return found.st_size
-    kinds = {
-        stat.S_ISCHR: "a device",
-        stat.S_ISBLK: "a device",
-        stat.S_ISFIFO: "a named pipe (FIFO)",
-        stat.S_ISSOCK: "a socket",
-    }
-    kind = next((name for test, name in kinds.items() if test(found.st_mode)), "a special file")
+    from mlpipe.inference.images import file_kind
+
     raise ModelError(
-        f"model {source}: {path} is {kind}, not a model file or folder; give a .keras file or "
+        f"model {source}: {path} is {file_kind(found.st_mode)}, not a model file or folder; "
+        "give a .keras file or "
         "an MLflow model folder"
     )
 
